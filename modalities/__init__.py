@@ -1,0 +1,1 @@
+"""Per-modality packages (images, video, meshes, molecules, ...) built on the shared core."""
