@@ -79,19 +79,25 @@ class NoiseSchedule:
 
 
 class DiscreteSchedule(NoiseSchedule):
-    """A schedule defined by T betas (DDPM, Ho et al. 2020); grid step k ↔ t = (k + 1) / T.
+    """A schedule given on T grid steps (DDPM, Ho et al. 2020); grid step k ↔ t = (k + 1) / T.
+
+    Built from ᾱ_k directly (e.g. a pretrained diffusers scheduler's ``alphas_cumprod``) or with
+    ``from_betas``.
 
     Between grid points α_t is linearly interpolated (with α_0 = 1), so continuous-time samplers and
     losses can use it; at grid points it is exact.
     """
 
-    def __init__(self, betas: torch.Tensor, zero_terminal_snr: bool = False):
-        alphas_cumprod = torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
-        alpha = alphas_cumprod.sqrt()
+    def __init__(self, alphas_cumprod: torch.Tensor, zero_terminal_snr: bool = False):
+        alpha = torch.as_tensor(alphas_cumprod, dtype=torch.float64).sqrt()
         if zero_terminal_snr:
             alpha = rescale_zero_terminal_snr(alpha, alpha[0], alpha[-1])
-        self.num_train_steps = len(betas)
+        self.num_train_steps = len(alpha)
         self._alpha_nodes = torch.cat([torch.ones(1, dtype=torch.float64), alpha])
+
+    @classmethod
+    def from_betas(cls, betas, zero_terminal_snr: bool = False) -> "DiscreteSchedule":
+        return cls(torch.cumprod(1.0 - torch.as_tensor(betas, dtype=torch.float64), dim=0), zero_terminal_snr)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -125,7 +131,7 @@ class LinearSchedule(DiscreteSchedule):
 
     def __init__(self, num_train_steps=1000, beta_start=1e-4, beta_end=0.02, zero_terminal_snr=False):
         betas = torch.linspace(beta_start, beta_end, num_train_steps, dtype=torch.float64)
-        super().__init__(betas, zero_terminal_snr)
+        super().__init__(torch.cumprod(1.0 - betas, dim=0), zero_terminal_snr)
 
 
 class ScaledLinearSchedule(DiscreteSchedule):
@@ -133,7 +139,7 @@ class ScaledLinearSchedule(DiscreteSchedule):
 
     def __init__(self, num_train_steps=1000, beta_start=0.00085, beta_end=0.012, zero_terminal_snr=False):
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_steps, dtype=torch.float64) ** 2
-        super().__init__(betas, zero_terminal_snr)
+        super().__init__(torch.cumprod(1.0 - betas, dim=0), zero_terminal_snr)
 
 
 class CosineSchedule(NoiseSchedule):
