@@ -18,13 +18,17 @@ from shared.spaces import EuclideanSpace
 
 
 def make_scheduler(name: str, schedule: NoiseSchedule, num_train_steps: int = 1000, **config):
-    """A diffusers scheduler (class name, e.g. 'DDIMScheduler') trained on our schedule's betas."""
+    """A diffusers scheduler (class name, e.g. 'DDIMScheduler') trained on our schedule's betas.
+
+    Betas are capped at 0.999 as diffusers does for continuous schedules (a β of 1 at the ᾱ = 0 end
+    would make its σ infinite); the adapter reads each call's noise level back, so this stays exact.
+    """
     cls = getattr(importlib.import_module("diffusers"), name)
     steps = schedule.num_train_steps or num_train_steps
     config.setdefault("prediction_type", "epsilon")
     if "clip_sample" in cls.__init__.__code__.co_varnames:
         config.setdefault("clip_sample", False)  # clipping is a guidance wrapper here
-    return cls(num_train_timesteps=steps, trained_betas=schedule.betas(steps).float().numpy(), **config)
+    return cls(num_train_timesteps=steps, trained_betas=schedule.betas(steps).clamp(max=0.999).float().numpy(), **config)
 
 
 def _log_snr_of_call(scheduler, index: int, timestep) -> torch.Tensor:

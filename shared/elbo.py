@@ -18,13 +18,13 @@ import math
 
 import torch
 
+from shared.forward_process import diffuse
 from shared.losses import LOG_SNR_LIMIT
 from shared.spaces import EuclideanSpace
 
 
 def _diffuse(schedule, x0, t, space, generator):
-    alpha, sigma = schedule.alpha_sigma(t)
-    return alpha.to(x0) * x0 + sigma.to(x0) * space.randn_like(x0, generator)
+    return diffuse(schedule, x0, t, space.randn_like(x0, generator))
 
 
 def _denoise_at(denoiser, x_t, t, cond):

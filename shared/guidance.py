@@ -8,6 +8,7 @@ import torch
 
 from shared.broadcast import append_dims
 from shared.denoiser import broadcast_alpha_sigma
+from shared.forward_process import diffuse
 from shared.spaces import EuclideanSpace
 
 
@@ -109,8 +110,7 @@ class Inpainting:
         self.generator = generator
 
     def __call__(self, x_t, t, cond=None):
-        alpha, sigma = broadcast_alpha_sigma(self.schedule, t, x_t)
-        noised_known = alpha * self.known + sigma * self.space.randn_like(self.known, self.generator)
+        noised_known = diffuse(self.schedule, self.known, t, self.space.randn_like(self.known, self.generator))
         x_t = self.mask * noised_known + (1 - self.mask) * x_t
         x0 = self.denoiser(x_t, t, cond)
         return self.mask * self.known + (1 - self.mask) * x0
@@ -128,6 +128,4 @@ def sdedit_start(x0: torch.Tensor, strength: float, schedule, steps: int, space=
         return x0, torch.zeros(1, dtype=torch.float64)
     space = space or EuclideanSpace()
     times = schedule.sampling_times(max(1, round(steps * strength)), t_max=strength)
-    alpha, sigma = schedule.alpha_sigma(times[0])
-    x_t = alpha.to(x0) * x0 + sigma.to(x0) * space.randn_like(x0, generator)
-    return x_t, times
+    return diffuse(schedule, x0, times[0], space.randn_like(x0, generator)), times

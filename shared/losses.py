@@ -11,6 +11,7 @@ import math
 import torch
 
 from shared.broadcast import append_dims
+from shared.forward_process import diffuse
 from shared.spaces import EuclideanSpace
 
 LOG_SNR_LIMIT = 30.0  # keeps weights finite at the ᾱ = 0 / ᾱ = 1 ends (zero-terminal SNR)
@@ -90,8 +91,7 @@ class DenoisingScoreMatching:
             t = self.time_sampler(space.num_items(x0), schedule, generator, x0.device)
         eps = space.randn_like(x0, generator)
         t_rows = space.to_rows(t)
-        alpha, sigma = (append_dims(c.to(x0), x0.ndim) for c in schedule.alpha_sigma(t_rows))
-        x_t = alpha * x0 + sigma * eps
+        x_t = diffuse(schedule, x0, t_rows, eps)
         raw, alpha, sigma = denoiser.raw(x_t, t_rows, cond)
         target = parameterization.target(x0, eps, alpha, sigma)
         log_snr = schedule.log_snr(t_rows).clamp(-LOG_SNR_LIMIT, LOG_SNR_LIMIT)

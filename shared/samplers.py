@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from shared.forward_process import posterior
 from shared.schedules import NoiseSchedule
 from shared.spaces import EuclideanSpace
 
@@ -58,11 +59,7 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
     space = space or EuclideanSpace()
 
     def step(x, t, s, x0):
-        (a_t, s_t), (a_s, s_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-        a_ts = a_t / a_s
-        var_ts = s_t**2 - a_ts**2 * s_s**2
-        mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
-        std = (var_ts * s_s**2 / s_t**2).clamp(min=1e-20).sqrt()
+        mean, std = posterior(schedule, x, x0, t, s)
         return mean + std * space.randn_like(x, generator)
 
     return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)

@@ -207,7 +207,10 @@ class KarrasSchedule(NoiseSchedule):
 
 
 class ZeroTerminalSNR(NoiseSchedule):
-    """Rescale α_t so that ᾱ_1 = 0 exactly while α_0 is kept (Lin et al. 2024, Alg. 1)."""
+    """Rescale α_t so that ᾱ_1 = 0 exactly while α_0 is kept (Lin et al. 2024, Alg. 1).
+
+    For discrete schedules use ``zero_terminal_snr(schedule)``, which rescales the grid itself.
+    """
 
     def __init__(self, base: NoiseSchedule):
         self.base = base
@@ -248,6 +251,14 @@ class ShiftedSchedule(NoiseSchedule):
 
     def sampling_times(self, steps, t_max=1.0):
         return self.base.sampling_times(steps, t_max)
+
+
+def zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
+    """The zero-terminal-SNR version of any schedule: grid rescaling for discrete ones (keeping the
+    first grid step, as Lin et al.), the continuous wrapper otherwise."""
+    if isinstance(schedule, DiscreteSchedule):
+        return DiscreteSchedule(schedule.alphas_cumprod, zero_terminal_snr=True)
+    return ZeroTerminalSNR(schedule)
 
 
 def rescale_zero_terminal_snr(alpha, alpha_first, alpha_last):

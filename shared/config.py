@@ -1,0 +1,266 @@
+"""Config composition and validation for the CLI: hydra's compose API, a run's config as base, typed keys.
+
+Precedence when a run directory is the base (``mldm sample|evaluate run_dir=DIR``, ``mldm train
+resume=true``): command line > DIR/config.yaml > the command's defaults. A group switch on the command
+line (``sampler=ddim``) replaces the run's whole node; ``key=value`` edits it. Keys that do not exist
+are errors (configs are closed: no ``+key=value``). The top-level keys of each command and the trainer
+keys are type-checked against the dataclasses below; other keys are free-form.
+"""
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+GLOBAL_GROUPS = ("experiment",)  # groups whose options are `# @package _global_` presets
+
+
+class ConfigError(Exception):
+    """A user error in the command line or the config tree; the CLI prints it as one line, exit 2."""
+
+
+class Source(str, Enum):
+    samples = "samples"
+    data = "data"
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+# Types only: every default lives in the YAML tree (MISSING here), so there is one source of defaults.
+@dataclass
+class TrainerKeys:
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    ema_decay: float = MISSING
+    precision: Precision = MISSING
+    grad_clip: Optional[float] = MISSING
+    grad_accum: int = MISSING
+    checkpoint_every: int = MISSING
+    log_every: int = MISSING
+    sample_every: int = MISSING
+    sample_steps: int = MISSING
+    sample_count: int = MISSING
+
+
+@dataclass
+class TrainKeys:
+    run_dir: Optional[str] = MISSING
+    seed: int = MISSING
+    resume: bool = MISSING
+    trainer: TrainerKeys = field(default_factory=TrainerKeys)
+
+
+@dataclass
+class SampleKeys(TrainKeys):
+    num_samples: int = MISSING
+    steps: int = MISSING
+    prompt: Optional[str] = MISSING
+    guidance_scale: Optional[float] = MISSING
+    out_dir: Optional[str] = MISSING
+
+
+@dataclass
+class EvaluateKeys(TrainKeys):
+    num_samples: int = MISSING
+    steps: int = MISSING
+    source: Source = MISSING
+    split: Split = MISSING
+    out_dir: Optional[str] = MISSING
+
+
+SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}
+
+
+def no_guidance(denoiser, **unused):
+    """The `guidance=none` wrapper: the denoiser itself (accepts and ignores e.g. ``uncond``)."""
+    return denoiser
+
+
+def config_dir() -> Path:
+    """<repo root>/configs (the repo root is the parent of the `shared` package), or $MLDM_CONFIG_DIR."""
+    return Path(os.environ.get("MLDM_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
+
+
+def group_options(root: Path | None = None) -> dict[str, list[str]]:
+    """{group: [option, ...]} for every top-level group folder of the config tree."""
+    root = root or config_dir()
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def one_line(text: str) -> str:
+    """Hydra/OmegaConf messages span lines (and list the search path); keep the first useful part."""
+    text = str(text).split("\nConfig search path")[0]
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in inner) + " or null"
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + "|".join(m.value for m in tp)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _field_type(schema, dotted: str):
+    tp = schema
+    for name in dotted.split("."):
+        tp = typing.get_type_hints(tp)[name]
+    return tp
+
+
+def _pick(values: dict, schema) -> dict:
+    """The part of ``values`` the schema declares (recursing into dataclass-typed fields)."""
+    hints = typing.get_type_hints(schema)
+    picked = {}
+    for f in fields(schema):
+        if f.name in values:
+            v, tp = values[f.name], hints[f.name]
+            picked[f.name] = _pick(v, tp) if is_dataclass(tp) and isinstance(v, dict) else v
+    return picked
+
+
+def _write_back(dst: dict, typed: dict, picked: dict) -> None:
+    for k, v in picked.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _write_back(dst[k], typed[k], v)
+        else:
+            dst[k] = typed[k]
+
+
+def check_types(values: dict, schema) -> None:
+    """Validate (and convert, e.g. '3' -> 3) the keys the schema declares, in place."""
+    picked = _pick(values, schema)
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), picked)
+    except ValidationError as e:
+        key = e.full_key
+        got = OmegaConf.select(OmegaConf.create(picked), key)
+        raise ConfigError(f"{key}: expected {_type_name(_field_type(schema, key))}, got {got!r}") from None
+    _write_back(values, OmegaConf.to_container(typed, enum_to_str=True), picked)
+
+
+def _parse(overrides: list[str], root: Path):
+    """Split overrides into group switches (handled by hydra) and key=value edits (applied by us)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ConfigError(one_line(e)) from None
+    groups, values = [], []
+    for text, o in zip(overrides, parsed):
+        key = o.key_or_group
+        if o.is_add() or o.is_force_add():
+            raise ConfigError(f"'{text}': adding keys with +key=value is not allowed (mldm configs are "
+                              f"closed); check the key name against --show-config")
+        if key.split(".")[0] == "hydra":
+            raise ConfigError(f"'{text}': hydra's own settings are not used by mldm")
+        is_group = "/" in key or (root / key).is_dir()
+        (groups if is_group else values).append((text, o))
+    return groups, values
+
+
+def _compose(name: str, overrides: list[str], root: Path) -> DictConfig:
+    try:
+        with initialize_config_dir(config_dir=str(root), version_base=None):
+            return compose(config_name=name, overrides=overrides)
+    except HydraException as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"run_dir={run_dir}: no config.yaml there (not a training run directory)")
+    return OmegaConf.load(path)
+
+
+def _assemble(defaults: DictConfig, groups, values, base: DictConfig | None) -> DictConfig:
+    """base (a run's config) over the command's defaults, then the command line on top."""
+    tree: dict[str, Any] = OmegaConf.to_container(defaults, resolve=False)
+    if base is not None:  # shallow: the run's top-level nodes win whole, the defaults fill what it lacks
+        tree = {**OmegaConf.to_container(base, resolve=False),
+                **{k: v for k, v in tree.items() if k not in base}}
+        for text, o in groups:
+            path = o.package or o.key_or_group.replace("/", ".")
+            if path in GLOBAL_GROUPS:
+                raise ConfigError(f"'{text}' cannot be combined with a run_dir: the run's config fixes it")
+            node = OmegaConf.select(defaults, path)
+            if node is None:
+                tree.pop(path, None)  # ~group
+            else:
+                tree[path] = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+    cfg = OmegaConf.create(tree)
+    OmegaConf.set_struct(cfg, True)
+    for text, o in values:
+        try:
+            if o.is_delete():
+                parent, _, leaf = o.key_or_group.rpartition(".")
+                node = OmegaConf.select(cfg, parent) if parent else cfg
+                if not isinstance(node, DictConfig) or leaf not in node:
+                    raise KeyError(leaf)
+                with open_dict(node):
+                    del node[leaf]
+            else:
+                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+        except (OmegaConfBaseException, KeyError) as e:
+            if OmegaConf.select(cfg, o.key_or_group, default=KeyError) is not KeyError:
+                raise ConfigError(f"cannot apply '{text}': {one_line(e)}") from None
+            raise ConfigError(f"unknown key '{o.key_or_group}' in '{text}' (adding keys with +key=value "
+                              f"is not allowed; see --show-config for the valid keys)") from None
+    return cfg
+
+
+def build_config(command: str, overrides: list[str], root: Path | None = None) -> DictConfig:
+    """The resolved, validated config of ``mldm <command> overrides...`` (raises ConfigError)."""
+    root = root or config_dir()
+    schema = SCHEMAS[command]
+    groups, values = _parse(overrides, root)
+    defaults = _compose(command, [text for text, _ in groups], root)
+    where = {o.key_or_group: o.value() for _, o in values if o.key_or_group in ("run_dir", "resume")}
+    check_types(where, schema)
+    run_dir, resume = where.get("run_dir"), where.get("resume", False)
+    if command == "train" and resume and not run_dir:
+        raise ConfigError("resume=true needs run_dir=DIR (the run to continue)")
+    base = load_run_config(run_dir) if run_dir and (command != "train" or resume) else None
+    cfg = _resolve(_assemble(defaults, groups, values, base), schema)
+    return cfg
+
+
+def _resolve(cfg: DictConfig, schema) -> DictConfig:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: a value is required ({missing[0]}=...)")
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line(e)) from None
+    check_types(values, schema)
+    scale = values.get("guidance_scale")
+    if scale is not None:
+        guidance = values.get("guidance")
+        if not isinstance(guidance, dict) or "scale" not in guidance:
+            raise ConfigError(f"guidance_scale={scale} needs a guidance with a scale (e.g. guidance=cfg)")
+        guidance["scale"] = scale
+    out = OmegaConf.create(values)
+    OmegaConf.set_struct(out, True)
+    return out
