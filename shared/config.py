@@ -91,11 +91,6 @@ class EvaluateKeys(TrainKeys):
 SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}
 
 
-def no_guidance(denoiser, **unused):
-    """The `guidance=none` wrapper: the denoiser itself (accepts and ignores e.g. ``uncond``)."""
-    return denoiser
-
-
 def config_dir() -> Path:
     """<repo root>/configs (the repo root is the parent of the `shared` package), or $MLDM_CONFIG_DIR."""
     return Path(os.environ.get("MLDM_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
@@ -172,6 +167,8 @@ def _parse(overrides: list[str], root: Path):
         if o.is_add() or o.is_force_add():
             raise ConfigError(f"'{text}': adding keys with +key=value is not allowed (mldm configs are "
                               f"closed); check the key name against --show-config")
+        if o.is_sweep_override():
+            raise ConfigError(f"'{text}': sweeps are not supported; run one command per value")
         if key.split(".")[0] == "hydra":
             raise ConfigError(f"'{text}': hydra's own settings are not used by mldm")
         is_group = "/" in key or (root / key).is_dir()
@@ -230,23 +227,8 @@ def _assemble(defaults: DictConfig, groups, values, base: DictConfig | None) -> 
     return cfg
 
 
-def build_config(command: str, overrides: list[str], root: Path | None = None) -> DictConfig:
-    """The resolved, validated config of ``mldm <command> overrides...`` (raises ConfigError)."""
-    root = root or config_dir()
-    schema = SCHEMAS[command]
-    groups, values = _parse(overrides, root)
-    defaults = _compose(command, [text for text, _ in groups], root)
-    where = {o.key_or_group: o.value() for _, o in values if o.key_or_group in ("run_dir", "resume")}
-    check_types(where, schema)
-    run_dir, resume = where.get("run_dir"), where.get("resume", False)
-    if command == "train" and resume and not run_dir:
-        raise ConfigError("resume=true needs run_dir=DIR (the run to continue)")
-    base = load_run_config(run_dir) if run_dir and (command != "train" or resume) else None
-    cfg = _resolve(_assemble(defaults, groups, values, base), schema)
-    return cfg
-
-
 def _resolve(cfg: DictConfig, schema) -> DictConfig:
+    """Resolve interpolations, check types, apply `guidance_scale`; a plain struct-mode DictConfig."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: a value is required ({missing[0]}=...)")
@@ -264,3 +246,18 @@ def _resolve(cfg: DictConfig, schema) -> DictConfig:
     out = OmegaConf.create(values)
     OmegaConf.set_struct(out, True)
     return out
+
+
+def build_config(command: str, overrides: list[str], root: Path | None = None) -> DictConfig:
+    """The resolved, validated config of ``mldm <command> overrides...`` (raises ConfigError)."""
+    root = root or config_dir()
+    schema = SCHEMAS[command]
+    groups, values = _parse(overrides, root)
+    defaults = _compose(command, [text for text, _ in groups], root)
+    run_keys = {o.key_or_group: o.value() for _, o in values if o.key_or_group in ("run_dir", "resume")}
+    check_types(run_keys, schema)
+    run_dir, resume = run_keys.get("run_dir"), run_keys.get("resume", False)
+    if command == "train" and resume and not run_dir:
+        raise ConfigError("resume=true needs run_dir=DIR (the run to continue)")
+    base = load_run_config(run_dir) if run_dir and (command != "train" or resume) else None
+    return _resolve(_assemble(defaults, groups, values, base), schema)

@@ -8,6 +8,7 @@ continuous time by inverting the schedule's log-SNR, so the two agree whatever s
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import torch
 
@@ -26,7 +27,7 @@ def make_scheduler(name: str, schedule: NoiseSchedule, num_train_steps: int = 10
     cls = getattr(importlib.import_module("diffusers"), name)
     steps = schedule.num_train_steps or num_train_steps
     config.setdefault("prediction_type", "epsilon")
-    if "clip_sample" in cls.__init__.__code__.co_varnames:
+    if "clip_sample" in inspect.signature(cls.__init__).parameters:
         config.setdefault("clip_sample", False)  # clipping is a guidance wrapper here
     return cls(num_train_timesteps=steps, trained_betas=schedule.betas(steps).clamp(max=0.999).float().numpy(), **config)
 
@@ -52,12 +53,17 @@ def _as_prediction(prediction_type: str, x0, x_t, alpha, sigma):
 
 @torch.no_grad()
 def sample_diffusers(denoiser, x_T, schedule, steps=20, space=None, generator=None, callback=None, cond=None,
-                     scheduler=None, scheduler_name: str = "DPMSolverMultistepScheduler", **step_kwargs):
-    """``scheduler`` (an instance) or ``scheduler_name`` (built with ``make_scheduler``) drives the loop."""
+                     scheduler=None, scheduler_name: str = "DPMSolverMultistepScheduler",
+                     scheduler_config: dict | None = None, **step_kwargs):
+    """``scheduler`` (an instance) or ``scheduler_name`` + ``scheduler_config`` (built with
+    ``make_scheduler``) drives the loop; ``step_kwargs`` go to ``scheduler.step`` (e.g. ``eta``)."""
     space = space or EuclideanSpace()
-    scheduler = scheduler or make_scheduler(scheduler_name, schedule)
+    scheduler = scheduler or make_scheduler(scheduler_name, schedule, **(scheduler_config or {}))
     scheduler.set_timesteps(steps, device=x_T.device)
-    x = x_T * scheduler.init_noise_sigma
+    # our x_T is the VP state; VE-state schedulers (Euler, Heun, ...) hold x/α, so divide by their
+    # first input scaling rather than multiplying by init_noise_sigma (σ_max, not √(σ_max² + 1))
+    input_scale = scheduler.scale_model_input(torch.ones((), device=x_T.device), scheduler.timesteps[0])
+    x = x_T / input_scale
     for i, timestep in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, timestep)
         t = schedule.t_from_log_snr(_log_snr_of_call(scheduler, i, timestep)).to(x.device)

@@ -20,6 +20,8 @@ import torch
 
 from shared.forward_process import diffuse
 from shared.losses import LOG_SNR_LIMIT
+
+MIN_GRID_LOG_SNR = -12.0
 from shared.spaces import EuclideanSpace
 
 
@@ -37,7 +39,8 @@ def elbo_grid(schedule, steps: int, spacing: str = "uniform_t", t_min: float | N
         return torch.arange(1, steps + 1, dtype=torch.float64) / steps
     if spacing == "uniform_log_snr":
         ends = schedule.log_snr(torch.tensor([t_min or 1e-3, 1.0], dtype=torch.float64))
-        ends = ends.clamp(-LOG_SNR_LIMIT, LOG_SNR_LIMIT)
+        # below λ = −12 the diffusion integrand ½e^λ·mmse is < 1e-5: one final step to t = 1 covers it
+        ends = ends.clamp(MIN_GRID_LOG_SNR, LOG_SNR_LIMIT)
         times = schedule.t_from_log_snr(torch.linspace(ends[0], ends[1], steps, dtype=torch.float64))
         times[-1] = 1.0
         return times

@@ -12,6 +12,11 @@ from shared.forward_process import diffuse
 from shared.spaces import EuclideanSpace
 
 
+def unguided(denoiser, **unused):
+    """No guidance (the `guidance=none` option): the denoiser itself; ignores e.g. ``uncond``."""
+    return denoiser
+
+
 class ClassifierFreeGuidance:
     """x̂ = x̂_u + w (x̂_c − x̂_u) (Ho & Salimans 2022), optionally rescaled toward the conditional
     prediction's per-sample std by φ (Lin et al. 2024, §3.4). Scale 1 is the conditional denoiser."""

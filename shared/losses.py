@@ -97,7 +97,9 @@ class DenoisingScoreMatching:
         log_snr = schedule.log_snr(t_rows).clamp(-LOG_SNR_LIMIT, LOG_SNR_LIMIT)
         log_w = self.weighting.log_weight(log_snr, t_rows, schedule, parameterization)
         weight = torch.exp(log_w - parameterization.log_x0_weight(log_snr)).to(x0)
-        return append_dims(weight, x0.ndim) * (raw - target) ** 2
+        # the prediction is projected like x̂_0 is in sampling (zero CoM, zero padding): only the
+        # space's own degrees of freedom are learned
+        return append_dims(weight, x0.ndim) * (space.project(raw) - target) ** 2
 
 
 def mean_per_item(space, per_element: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""Guidance wrappers: exact identities and the closed forms they implement."""
+import pytest
+import torch
+
+from oracles import GaussianOracle
+from shared.adaptive import sample_rk45
+from shared.guidance import (ClassifierFreeGuidance, ClassifierGuidance, DynamicThresholding, Inpainting,
+                             ReconstructionGuidance, StaticThresholding, sdedit_start)
+from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
+from shared.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
+
+
+class LabelDenoiser:
+    """A conditional denoiser whose answer depends on a label tensor (None = unconditional)."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def __call__(self, x_t, t, cond=None):
+        shift = 0.0 if cond is None else cond.view(-1, *([1] * (x_t.ndim - 1)))
+        return 0.5 * x_t + shift + 0.1 * t.view(-1, *([1] * (x_t.ndim - 1))).float()
+
+
+def _inputs(shape=(4, 3, 5)):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=g), torch.full((shape[0],), 0.4, dtype=torch.float64)
+
+
+def test_cfg_scale_one_is_the_conditional_denoiser_and_scale_w_is_the_formula():
+    schedule = CosineSchedule()
+    denoiser, (x, t) = LabelDenoiser(schedule), _inputs()
+    cond = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    assert torch.equal(ClassifierFreeGuidance(denoiser, 1.0, uncond=None)(x, t, cond), denoiser(x, t, cond))
+    guided = ClassifierFreeGuidance(denoiser, 3.0, uncond=None)(x, t, cond)
+    torch.testing.assert_close(guided, denoiser(x, t) + 3.0 * (denoiser(x, t, cond) - denoiser(x, t)))
+
+
+def test_cfg_rescale_matches_the_conditional_std_at_phi_one():
+    schedule = CosineSchedule()
+    denoiser, (x, t) = LabelDenoiser(schedule), _inputs()
+    cond = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    plain = ClassifierFreeGuidance(denoiser, 7.0, uncond=None)(x, t, cond)
+    full = ClassifierFreeGuidance(denoiser, 7.0, uncond=None, rescale=1.0)(x, t, cond)
+    torch.testing.assert_close(full.flatten(1).std(1), denoiser(x, t, cond).flatten(1).std(1))
+    half = ClassifierFreeGuidance(denoiser, 7.0, uncond=None, rescale=0.5)(x, t, cond)
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * plain)
+
+
+def test_static_and_dynamic_thresholding():
+    schedule = CosineSchedule()
+    x, t = _inputs()
+    big = lambda x_t, t, cond=None: 3.0 * x_t  # noqa: E731
+    big.schedule = schedule
+    static = StaticThresholding(big, 1.0)(x, t)
+    assert static.abs().max() <= 1.0 and torch.equal(static, (3 * x).clamp(-1, 1))
+    dynamic = DynamicThresholding(big, percentile=0.9)(x, t)
+    s = torch.quantile((3 * x).abs().flatten(1), 0.9, dim=1).clamp(min=1).view(-1, 1, 1)
+    torch.testing.assert_close(dynamic, (3 * x).clamp(-s, s) / s)
+    assert dynamic.abs().max() <= 1.0 + 1e-6
+    small = lambda x_t, t, cond=None: 0.1 * x_t  # noqa: E731
+    assert torch.equal(DynamicThresholding(small)(x, t), 0.1 * x), "s = max(1, q) leaves in-range values alone"
+
+
+def test_classifier_guidance_shifts_x0_by_sigma_squared_over_alpha_times_the_gradient():
+    schedule = CosineSchedule()
+    denoiser, (x, t) = GaussianOracle(schedule, 0.0, 1.0), _inputs()
+    target = torch.full_like(x, 2.0)
+    log_prob = lambda x_t, t, cond: -0.5 * ((x_t - target) ** 2).flatten(1).sum(1)  # noqa: E731
+    guided = ClassifierGuidance(denoiser, log_prob, scale=1.5)(x, t)
+    alpha, sigma = (c.float().view(-1, 1, 1) for c in schedule.alpha_sigma(t))
+    torch.testing.assert_close(guided, denoiser(x, t) + 1.5 * sigma**2 / alpha * (target - x))
+
+
+def test_reconstruction_guidance_closed_form_for_a_linear_denoiser():
+    """x̂_0 = k x_t (the zero-mean Gaussian oracle) and A = first channel: ∇‖y − A x̂_0‖² = −2k Aᵀ(y − A x̂_0)."""
+    schedule = CosineSchedule()
+    denoiser, (x, t) = GaussianOracle(schedule, 0.0, 1.0), _inputs()
+    y = torch.ones(4, 1, 5)
+    A = lambda x0: x0[:, :1]  # noqa: E731
+    guided = ReconstructionGuidance(denoiser, A, y, scale=0.8)(x, t)
+    alpha, sigma = (c.float().view(-1, 1, 1) for c in schedule.alpha_sigma(t))
+    k = alpha / (alpha**2 + sigma**2)
+    x0 = denoiser(x, t)
+    grad = torch.zeros_like(x)
+    grad[:, :1] = -2 * k * (y - x0[:, :1])
+    torch.testing.assert_close(guided, x0 - 0.5 * 0.8 * alpha * grad)
+
+
+@pytest.mark.parametrize("sampler", [sample_ddpm, sample_ddim, sample_euler, sample_heun, sample_dpmpp_2m,
+                                     sample_rk45], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("schedule", [LinearSchedule(), PolynomialSchedule()], ids=["linear", "polynomial"])
+def test_inpainting_keeps_the_known_part_exactly(sampler, schedule):
+    g = torch.Generator().manual_seed(1)
+    known = torch.randn(6, 2, 8, generator=g)
+    mask = torch.zeros(1, 1, 8)
+    mask[..., :3] = 1
+    wrapped = Inpainting(GaussianOracle(schedule, 0.0, 1.0), known, mask, generator=g)
+    x = sampler(wrapped, torch.randn(6, 2, 8, generator=g), schedule, 20, generator=g)
+    assert torch.equal(x[..., :3], known[..., :3])
+    assert not torch.equal(x[..., 3:], known[..., 3:]), "the unknown part is generated"
+
+
+def test_inpainting_conditions_the_unknown_part_on_the_known_part():
+    """Data whose two coordinates are equal, and an oracle that knows it: the filled-in coordinate follows
+    the known one. Replacement is an approximation of the conditional (Lugmayr et al. 2022 resample to
+    harmonise), so the copy is close, not exact."""
+    schedule = CosineSchedule()
+
+    class CopyOracle:  # data: two equal coordinates ~ N(0, 1); E[x_0 | x_t] = k (x_a + x_b)/2 per coordinate
+        def __init__(self):
+            self.schedule = schedule
+
+        def __call__(self, x_t, t, cond=None):
+            alpha, sigma = (c.float().view(-1, 1) for c in schedule.alpha_sigma(t))
+            mean = x_t.mean(1, keepdim=True)
+            return (2 * alpha / (2 * alpha**2 + sigma**2) * mean).expand_as(x_t)
+
+    g = torch.Generator().manual_seed(2)
+    known = torch.cat([torch.randn(500, 1, generator=g), torch.zeros(500, 1)], 1)
+    mask = torch.tensor([[1.0, 0.0]])
+    x = sample_dpmpp_2m(Inpainting(CopyOracle(), known, mask, generator=g), torch.randn(500, 2, generator=g),
+                        schedule, 50)
+    assert torch.equal(x[:, 0], known[:, 0])
+    correlation = torch.corrcoef(x.T)[0, 1].item()
+    assert correlation > 0.9
+
+
+def test_sdedit_strength_zero_returns_the_input_and_strength_sets_the_start():
+    schedule = LinearSchedule()
+    x0 = torch.randn(3, 4)
+    x_t, times = sdedit_start(x0, 0.0, schedule, 50)
+    assert torch.equal(x_t, x0)
+    assert torch.equal(sample_ddim(GaussianOracle(schedule), x_t, schedule, times), x0)
+    x_t, times = sdedit_start(x0, 0.5, schedule, 50, generator=torch.Generator().manual_seed(0))
+    assert times[0].item() == pytest.approx(0.5) and times[-1] == 0 and len(times) == 26
+    with pytest.raises(ValueError, match="strength"):
+        sdedit_start(x0, 1.5, schedule, 50)

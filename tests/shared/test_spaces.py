@@ -1,0 +1,56 @@
+"""Spaces: where noise lives, how many degrees of freedom an item has, and sparse = padded."""
+import torch
+
+from shared.spaces import EuclideanSpace, MaskedSetSpace, ZeroCoMSpace
+
+
+def _layouts(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([2, 5, 3])
+    mask = torch.arange(5)[None, :] < sizes[:, None]
+    batch = torch.repeat_interleave(torch.arange(3), sizes)
+    dense = torch.randn(3, 5, 6, generator=g) * mask[..., None]
+    return sizes, mask, batch, dense, dense[mask]
+
+
+def test_zero_com_noise_and_projection_sparse_and_padded():
+    sizes, mask, batch, dense, sparse = _layouts()
+    padded_space, sparse_space = ZeroCoMSpace(mask=mask, position_dims=3), ZeroCoMSpace(batch=batch, position_dims=3)
+    projected_dense, projected_sparse = padded_space.project(dense), sparse_space.project(sparse)
+    torch.testing.assert_close(projected_dense[mask], projected_sparse)  # the two layouts agree
+    assert torch.equal(projected_dense[~mask], torch.zeros_like(projected_dense[~mask]))
+    com = torch.zeros(3, 3).index_add_(0, batch, projected_sparse[:, :3])
+    assert com.abs().max() < 1e-6
+    torch.testing.assert_close(projected_sparse[:, 3:], sparse[:, 3:])  # features untouched
+    torch.testing.assert_close(sparse_space.project(projected_sparse), projected_sparse)  # idempotent
+    noise = sparse_space.randn_like(sparse, torch.Generator().manual_seed(1))
+    assert torch.zeros(3, 3).index_add_(0, batch, noise[:, :3]).abs().max() < 1e-6
+    expected_dof = ((sizes - 1) * 3 + sizes * 3).double()
+    assert torch.equal(sparse_space.dof(sparse), expected_dof) and torch.equal(padded_space.dof(dense), expected_dof)
+    torch.testing.assert_close(sparse_space.sum_per_item(projected_sparse**2), padded_space.sum_per_item(projected_dense**2))
+    assert torch.equal(sparse_space.to_rows(torch.tensor([10.0, 20.0, 30.0])), torch.tensor([10.0] * 2 + [20.0] * 5 + [30.0] * 3))
+
+
+def test_zero_com_noise_has_the_right_covariance():
+    """Projected N(0, I) in the (n − 1)·d subspace: per-coordinate variance (n − 1)/n."""
+    n = 4
+    space = ZeroCoMSpace(batch=torch.zeros(n, dtype=torch.long), position_dims=3)
+    draws = torch.stack([space.randn_like(torch.zeros(n, 3), torch.Generator().manual_seed(i)) for i in range(4000)])
+    assert abs(draws.var(0).mean().item() - (n - 1) / n) < 0.03
+
+
+def test_masked_set_space():
+    sizes, mask, _, dense, _ = _layouts()
+    space = MaskedSetSpace(mask)
+    noise = space.randn_like(dense, torch.Generator().manual_seed(0))
+    assert torch.equal(noise[~mask], torch.zeros_like(noise[~mask])) and noise[mask].abs().sum() > 0
+    assert torch.equal(space.dof(dense), (sizes * 6).double())
+    assert torch.equal(space.sum_per_item(torch.ones_like(dense)), (sizes * 6).float())
+
+
+def test_euclidean_space_any_rank():
+    space = EuclideanSpace()
+    for shape in [(2, 3), (2, 3, 4), (2, 3, 4, 5), (2, 1, 3, 4, 5)]:
+        x = torch.ones(shape)
+        assert space.dof(x).tolist() == [x[0].numel()] * 2
+        assert space.sum_per_item(x).tolist() == [x[0].numel()] * 2
