@@ -16,6 +16,8 @@ PYTHON      ?= python3
 VENV        ?= .venv
 VPY         := $(VENV)/bin/python
 PIP         := $(VPY) -m pip --disable-pip-version-check -q
+# this machine's pip config names local mirrors that may be absent; drop pip's notes about them
+QUIET_PIP   := 2>&1 | sed -u '/is ignored: it is neither a file nor a directory/d'
 # Pinned so pip takes the CPU wheel on local disk; an unpinned torch would pull
 # a multi-GB CUDA build. Only used when the venv cannot already import torch.
 TORCH_SPEC  ?= torch==2.13.0
@@ -46,10 +48,10 @@ $(VPY):
 $(STAMP): pyproject.toml | $(VPY)
 	@if ! $(VPY) -c "import torch" >/dev/null 2>&1; then \
 	    echo "mldm: installing $(TORCH_SPEC)"; \
-	    $(PIP) install "$(TORCH_SPEC)"; \
+	    $(PIP) install "$(TORCH_SPEC)" $(QUIET_PIP); \
 	fi
 	@echo "mldm: pip install -e '.[test]'"
-	@$(PIP) install -e '.[test]'
+	@$(PIP) install -e '.[test]' $(QUIET_PIP)
 	@touch $@
 
 # pytest exit 5 = no tests collected: fail loudly, CI must never pass on zero tests.

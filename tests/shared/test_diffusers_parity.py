@@ -45,15 +45,6 @@ SCALED_LINEAR = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end
 # helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Thousands of tiny ops: intra-op threads only add overhead (and thrash on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class OracleMLP(nn.Module):
     """``backbone(x, time)``: exact ε (or v) for data ~ N(0, DATA_STD²) + 0.1 · a fixed random MLP.
 
