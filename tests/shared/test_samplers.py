@@ -25,6 +25,8 @@ SAMPLERS = {
     "dpmpp_2m": (sample_dpmpp_2m, 50, 0.02),
     "rk45": (sample_rk45, 50, 0.02),
     "diffusers_dpm": (functools.partial(sample_diffusers, scheduler_name="DPMSolverMultistepScheduler"), 50, 0.02),
+    "diffusers_ddpm": (functools.partial(sample_diffusers, scheduler_name="DDPMScheduler"), 1000, 0.02),
+    "diffusers_euler": (functools.partial(sample_diffusers, scheduler_name="EulerDiscreteScheduler"), 50, 0.06),
 }
 SCHEDULES = {"linear": LinearSchedule(), "cosine": CosineSchedule(), "karras": KarrasSchedule()}
 
@@ -36,7 +38,7 @@ CASES = [(a, b) for a in SAMPLERS for b in SCHEDULES if not (a.startswith("diffu
 @pytest.mark.parametrize("sampler_name,schedule_name", CASES)
 def test_gaussian_oracle_statistics(sampler_name, schedule_name):
     sampler, steps, tol = SAMPLERS[sampler_name]
-    if sampler_name == "ddpm" and schedule_name != "linear":
+    if sampler_name.endswith("ddpm") and schedule_name != "linear":
         steps = 300  # ancestral sampling is exact in distribution; 1000 steps are for the linear grid
     schedule = SCHEDULES[schedule_name]
     g = torch.Generator().manual_seed(0)
