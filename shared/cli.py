@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -142,7 +143,10 @@ def run(command: str, overrides: list[str], show_config: bool = False) -> int:
     _check_modality(command, cfg)
     engine = _load_engine(command)  # before anything is written: a missing engine leaves no trace
     if command == "train":
-        prepare_run_dir(cfg)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.run_dir:
+            raise ConfigError("under torchrun every process needs the same run_dir: pass run_dir=DIR")
+        if int(os.environ.get("RANK", "0")) == 0:  # one writer; the other processes only read
+            prepare_run_dir(cfg)
     result = engine(cfg)
     return result if isinstance(result, int) else 0
 

@@ -51,11 +51,13 @@ class TrainerKeys:
     max_steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
+    warmup_steps: int = MISSING
     ema_decay: float = MISSING
     precision: Precision = MISSING
     grad_clip: Optional[float] = MISSING
     grad_accum: int = MISSING
     checkpoint_every: int = MISSING
+    keep_last: int = MISSING
     log_every: int = MISSING
     sample_every: int = MISSING
     sample_steps: int = MISSING

@@ -83,13 +83,14 @@ class DenoisingScoreMatching:
         self.weighting = weighting or SimpleWeighting()
         self.time_sampler = time_sampler or UniformTime()
 
-    def __call__(self, denoiser, x0, cond=None, space=None, generator=None, t=None):
+    def __call__(self, denoiser, x0, cond=None, space=None, generator=None, t=None, noise=None):
+        """``t`` (per item) and ``noise`` may be given, e.g. drawn for a global batch and sharded."""
         space = space or EuclideanSpace()
         schedule, parameterization = denoiser.schedule, denoiser.parameterization
         x0 = space.project(x0.float())
         if t is None:
             t = self.time_sampler(space.num_items(x0), schedule, generator, x0.device)
-        eps = space.randn_like(x0, generator)
+        eps = space.randn_like(x0, generator) if noise is None else space.project(noise.to(x0))
         t_rows = space.to_rows(t)
         x_t = diffuse(schedule, x0, t_rows, eps)
         raw, alpha, sigma = denoiser.raw(x_t, t_rows, cond)

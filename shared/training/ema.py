@@ -1,0 +1,54 @@
+"""Exponential moving average of weights, the weights used for sampling (Polyak averaging)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """θ_ema ← d·θ_ema + (1 − d)·θ for floating-point parameters; buffers are copied."""
+
+    def __init__(self, modules: dict[str, nn.Module], decay: float):
+        self.modules, self.decay = modules, decay
+        self.shadow = {f"{name}.{key}": value.detach().clone()
+                       for name, module in modules.items() for key, value in module.state_dict().items()}
+
+    def _live(self):
+        return {f"{name}.{key}": value for name, module in self.modules.items()
+                for key, value in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self):
+        live = self._live()
+        floats = [k for k, v in live.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [live[k] for k in floats], 1.0 - self.decay)
+        for k, v in live.items():
+            if not v.is_floating_point():
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]):
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Temporarily load the EMA weights into the modules (for previews and sampling)."""
+        live = {k: v.detach().clone() for k, v in self._live().items()}
+        self._load(self.shadow)
+        try:
+            yield
+        finally:
+            self._load(live)
+
+    def _load(self, flat: dict[str, torch.Tensor]):
+        for name, module in self.modules.items():
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)})

@@ -1,0 +1,52 @@
+"""Training logs: logs/metrics.csv, TensorBoard events, and a tqdm progress bar (rank 0 only)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class MetricsLog:
+    def __init__(self, log_dir: Path, stage: str, start_step: int, max_steps: int, enabled: bool = True):
+        self.enabled, self.stage = enabled, stage
+        self.csv_path = log_dir / "metrics.csv"
+        self.writer = None
+        self.bar = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(log_dir / "tensorboard" / stage))
+            self.bar = tqdm(total=max_steps, initial=start_step, desc=stage, dynamic_ncols=True, disable=None)
+
+    def log(self, step: int, values: dict[str, float]):
+        if not self.enabled:
+            return
+        row = {"stage": self.stage, "step": step, **{k: f"{v:.6g}" for k, v in values.items()}}
+        new_file = not self.csv_path.exists()
+        header = list(row) if new_file else next(csv.reader(self.csv_path.open()))
+        if not new_file and set(row) - set(header):
+            header = header + sorted(set(row) - set(header))  # new columns (e.g. a later stage) extend the header
+            rows = list(csv.DictReader(self.csv_path.open()))
+            with self.csv_path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, header)
+                writer.writeheader()
+                writer.writerows(rows)
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, header, restval="")
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        for key, value in values.items():
+            self.writer.add_scalar(f"{self.stage}/{key}", value, step)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "it_per_s")})
+
+    def advance(self, steps: int = 1):
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self):
+        if self.enabled:
+            self.writer.close()
+            self.bar.close()

@@ -1,0 +1,76 @@
+"""`mldm train`: build each stage's task from the config and run the loop over the stages in order.
+
+The experiment preset lists ``stages`` (e.g. autoencoder, then diffusion), each with overrides of
+``trainer``; the modality's ``task`` factory builds the task of a stage. A finished stage is skipped
+on resume, an interrupted one continues from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from shared.training import distributed
+from shared.training.checkpoint import CheckpointError
+from shared.training.checkpoint import latest_checkpoint
+from shared.training.loop import NonFiniteLoss, Trainer, TrainerSettings, TrainingConfigError
+
+TRAINER_KEYS = set(TrainerSettings.__dataclass_fields__) - {"extra"} | {"lr", "warmup_steps", "sample_steps",
+                                                                         "sample_count"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stage_settings(trainer: DictConfig, overrides: DictConfig | None, stage: str) -> TrainerSettings:
+    """cfg.trainer with the stage's overrides on top; unknown keys are named."""
+    merged = OmegaConf.to_container(trainer, resolve=True)
+    for key, value in (OmegaConf.to_container(overrides, resolve=True) if overrides else {}).items():
+        if key not in merged:
+            raise TrainingConfigError(f"stages.{stage}.{key}: not a trainer key (known: {', '.join(sorted(merged))})")
+        merged[key] = value
+    optimizer = instantiate({**merged.pop("optimizer"), "lr": merged["lr"]})
+    lr_schedule = instantiate(merged.pop("lr_schedule"), warmup_steps=merged["warmup_steps"],
+                              max_steps=merged["max_steps"]) if merged.get("lr_schedule") else None
+    fields = TrainerSettings.__dataclass_fields__
+    extra = {k: v for k, v in merged.items() if k not in fields}
+    return TrainerSettings(optimizer=optimizer, lr_schedule=lr_schedule, extra=extra,
+                           **{k: v for k, v in merged.items() if k in fields and k not in ("optimizer", "lr_schedule")})
+
+
+def stage_dirs(run_dir: Path, stage: str) -> dict[str, Path]:
+    return {"checkpoint_dir": run_dir / "checkpoints" / stage, "log_dir": run_dir / "logs",
+            "samples_dir": run_dir / "samples"}
+
+
+def train(cfg: DictConfig) -> int:
+    device = resolve_device(cfg.get("device", "auto"))
+    rank, world = distributed.setup(device)
+    run_dir = Path(cfg.run_dir)
+    stages = cfg.get("stages") or {}
+    if not stages:
+        print("mldm train: error: the experiment defines no `stages`", file=sys.stderr)
+        return 2
+    try:
+        for stage, overrides in stages.items():
+            settings = stage_settings(cfg.trainer, overrides, stage)
+            task = instantiate(cfg.modality.task)(cfg=cfg, stage=stage, run_dir=run_dir, device=device)
+            Trainer(task, settings, cfg.seed, device=device, rank=rank, world=world, **stage_dirs(run_dir, stage)).fit()
+    except NonFiniteLoss as e:
+        last = latest_checkpoint(run_dir / "checkpoints" / stage)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        print(f"mldm train: stopped: {e}; weights were not updated with it and {kept}. Lower trainer.lr, "
+              f"enable trainer.grad_clip or use precision=fp32, then resume=true.", file=sys.stderr)
+        return 3
+    except (CheckpointError, TrainingConfigError) as e:
+        print(f"mldm train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.teardown()
+    return 0
