@@ -26,8 +26,8 @@ from shared.config import SCHEMAS, ConfigError, build_config, config_dir, group_
 # The single dispatch table: command -> "module:function" called with the resolved config.
 ENGINES = {
     "train": "shared.training.run:train",
-    "sample": "shared.sampling_cli:sample",
-    "evaluate": "shared.evaluation_cli:evaluate",
+    "sample": "shared.commands:sample",
+    "evaluate": "shared.commands:evaluate",
 }
 
 USAGE = {

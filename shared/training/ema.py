@@ -23,7 +23,9 @@ class EMA:
     def update(self):
         live = self._live()
         floats = [k for k, v in live.items() if v.is_floating_point()]
-        torch._foreach_lerp_([self.shadow[k] for k in floats], [live[k] for k in floats], 1.0 - self.decay)
+        if floats:
+            torch._foreach_lerp_([self.shadow[k] for k in floats], [live[k] for k in floats],
+                                 1.0 - self.decay)
         for k, v in live.items():
             if not v.is_floating_point():
                 self.shadow[k].copy_(v)

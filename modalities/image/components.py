@@ -1,0 +1,75 @@
+"""Build the image model's parts from a run config: data, first stage, conditioner, denoiser.
+
+Training (``task.py``) and sampling (``pipeline.py``) both build through here, so a run directory's
+``config.yaml`` is all that is needed to rebuild its model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from modalities.image.data import Shapes2D, caption_for_label, uint8_to_float
+from shared.conditioning import ClassLabelEncoder, TextEncoder
+from shared.denoiser import Denoiser
+from shared.training.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def load_images(dataset) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """A dataset in memory: uint8 images [N, 3, H, W], captions, labels (−1 where absent)."""
+    if isinstance(dataset, Shapes2D):
+        images, labels = dataset.materialize()
+        return images, [caption_for_label(int(label)) for label in labels], labels
+    items = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([((item["image"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for item in items])
+    return images, [item.get("caption", "") for item in items], torch.tensor([item.get("label", -1) for item in items])
+
+
+def to_model(images: torch.Tensor) -> torch.Tensor:
+    return uint8_to_float(images) if images.dtype == torch.uint8 else images
+
+
+def build_first_stage(cfg: DictConfig):
+    return instantiate(cfg.autoencoder) if cfg.get("autoencoder") else None
+
+
+def build_conditioner(cfg: DictConfig):
+    conditioner = instantiate(cfg.modality.conditioner)
+    if not isinstance(conditioner, (TextEncoder, ClassLabelEncoder)):
+        raise TypeError(f"modality.conditioner must build a TextEncoder or ClassLabelEncoder, got {type(conditioner)}")
+    return conditioner
+
+
+def latent_shape(cfg: DictConfig, first_stage) -> tuple[int, int]:
+    """(channels, spatial size) of what the denoiser sees."""
+    size = cfg.data.size
+    if first_stage is None:
+        return 3, size
+    return first_stage.latent_channels, size // first_stage.factor
+
+
+def build_denoiser(cfg: DictConfig, first_stage, conditioner) -> Denoiser:
+    channels, size = latent_shape(cfg, first_stage)
+    backbone = instantiate(cfg.backbone)(in_channels=channels, sample_size=size, cond_dim=conditioner.dim)
+    return Denoiser(backbone, instantiate(cfg.schedule), instantiate(cfg.parameterization))
+
+
+def load_stage_weights(run_dir: Path, stage: str, modules: dict, prefer_ema: bool = True) -> Path:
+    """Load a stage's newest checkpoint into ``modules`` (EMA weights where kept); returns its path."""
+    path = latest_checkpoint(run_dir / "checkpoints" / stage)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints' / stage}: no checkpoint of stage '{stage}' "
+                                f"(train it first: mldm train ... run_dir={run_dir})")
+    tensors, _ = load_checkpoint(path)
+    for name, module in modules.items():
+        for source in (("ema", "model") if prefer_ema else ("model",)):
+            prefix = f"{source}.{name}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                module.load_state_dict(state)
+                break
+        else:
+            raise KeyError(f"{path}: no weights for '{name}'")
+    return path

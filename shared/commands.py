@@ -1,0 +1,52 @@
+"""`mldm sample` and `mldm evaluate`: the modality's pipeline does the work, this module the contract.
+
+A modality config provides ``pipeline`` (a partial called with cfg, run_dir, device) returning an
+object with ``sample(num_samples, prompt, seed) -> result``, ``export(result, out_dir)``,
+``evaluate_samples(out_dir) -> dict`` and ``evaluate_data(split, num_samples) -> dict``. The sampler,
+its steps and the guidance come from the config (``sampler=``, ``steps=``, ``guidance_scale=``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from shared.training.run import resolve_device
+
+
+def build_pipeline(cfg: DictConfig):
+    if cfg.run_dir is None and cfg.get("source") != "data":
+        raise SystemExit("mldm: error: run_dir=DIR is required (a training run directory)")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
+
+
+def sample(cfg: DictConfig) -> int:
+    pipeline = build_pipeline(cfg)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "samples" / time.strftime("cli-%Y%m%d-%H%M%S")
+    start = time.perf_counter()
+    result = pipeline.sample(cfg.num_samples, prompt=cfg.prompt, seed=cfg.seed)
+    pipeline.export(result, out_dir)
+    print(f"mldm sample: {cfg.num_samples} samples in {time.perf_counter() - start:.1f} s -> {out_dir}")
+    return 0
+
+
+def evaluate(cfg: DictConfig) -> int:
+    pipeline = build_pipeline(cfg)
+    start = time.perf_counter()
+    if cfg.source == "data":
+        metrics = pipeline.evaluate_data(cfg.split, cfg.num_samples)
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "evaluate_data"
+    else:
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "evaluation"
+        pipeline.export(pipeline.sample(cfg.num_samples, prompt=cfg.get("prompt"), seed=cfg.seed), out_dir)
+        metrics = pipeline.evaluate_samples(out_dir)
+    metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    sys.stdout.write(json.dumps(metrics) + "\n")
+    return 0
