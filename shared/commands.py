@@ -18,10 +18,11 @@ from omegaconf import DictConfig
 from shared.training.run import resolve_device
 
 
-def build_pipeline(cfg: DictConfig):
-    if cfg.run_dir is None and cfg.get("source") != "data":
+def build_pipeline(cfg: DictConfig, with_model: bool = True):
+    """The modality's pipeline; ``with_model=False`` skips loading weights (judging data or a sample dir)."""
+    if cfg.run_dir is None and with_model:
         raise SystemExit("mldm: error: run_dir=DIR is required (a training run directory)")
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    run_dir = Path(cfg.run_dir) if cfg.run_dir and with_model else None
     return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
 
 
@@ -36,11 +37,15 @@ def sample(cfg: DictConfig) -> int:
 
 
 def evaluate(cfg: DictConfig) -> int:
-    pipeline = build_pipeline(cfg)
+    judge_only = cfg.source == "data" or bool(cfg.get("samples_dir"))
+    pipeline = build_pipeline(cfg, with_model=not judge_only)
     start = time.perf_counter()
     if cfg.source == "data":
         metrics = pipeline.evaluate_data(cfg.split, cfg.num_samples)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "evaluate_data"
+    elif cfg.get("samples_dir"):
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.samples_dir)
+        metrics = pipeline.evaluate_samples(Path(cfg.samples_dir))
     else:
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "evaluation"
         pipeline.export(pipeline.sample(cfg.num_samples, prompt=cfg.get("prompt"), seed=cfg.seed), out_dir)

@@ -85,7 +85,10 @@ class SampleKeys(TrainKeys):
 class EvaluateKeys(TrainKeys):
     num_samples: int = MISSING
     steps: int = MISSING
+    prompt: Optional[str] = MISSING
+    guidance_scale: Optional[float] = MISSING
     source: Source = MISSING
+    samples_dir: Optional[str] = MISSING
     split: Split = MISSING
     out_dir: Optional[str] = MISSING
 

@@ -161,7 +161,7 @@ class LatentDiffusionStage:
         cond = self.conditions(index, z.device)
         t = random.draw(self.loss.time_sampler, len(z), self.denoiser.schedule)
         loss = self.loss(self.denoiser, z, cond, t=t, noise=random.randn_like(z)).mean()
-        return {"main": loss}, {"loss": float(loss)}
+        return {"main": loss}, {"loss": float(loss.detach())}
 
     def finalize(self):
         pass

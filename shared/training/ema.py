@@ -8,7 +8,10 @@ from torch import nn
 
 
 class EMA:
-    """θ_ema ← d·θ_ema + (1 − d)·θ for floating-point parameters; buffers are copied."""
+    """θ_ema ← d·θ_ema + (1 − d)·θ for floating-point parameters; buffers are copied.
+
+    The decay warms up as d_n = min(d, (1 + n)/(10 + n)) after n updates (as diffusers' EMAModel), so
+    short runs are not dominated by their random initialisation."""
 
     def __init__(self, modules: dict[str, nn.Module], decay: float):
         self.modules, self.decay = modules, decay
@@ -19,13 +22,18 @@ class EMA:
         return {f"{name}.{key}": value for name, module in self.modules.items()
                 for key, value in module.state_dict().items()}
 
+    def decay_at(self, updates: int) -> float:
+        return min(self.decay, (1 + updates) / (10 + updates))
+
     @torch.no_grad()
-    def update(self):
+    def update(self, updates: int):
+        """The ``updates``-th update (0-based: the trainer's step before it advances)."""
+        decay = self.decay_at(updates)
         live = self._live()
         floats = [k for k, v in live.items() if v.is_floating_point()]
         if floats:
             torch._foreach_lerp_([self.shadow[k] for k in floats], [live[k] for k in floats],
-                                 1.0 - self.decay)
+                                 1.0 - decay)
         for k, v in live.items():
             if not v.is_floating_point():
                 self.shadow[k].copy_(v)

@@ -174,7 +174,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             self.lr_schedulers[name].step()
             logs[f"lr_{name}"] = self.lr_schedulers[name].get_last_lr()[0]
-        self.ema.update()
+        self.ema.update(self.step)
         self.step += 1
         return logs
 

@@ -1,7 +1,7 @@
 """`mldm train`: build each stage's task from the config and run the loop over the stages in order.
 
 The experiment preset lists ``stages`` (e.g. autoencoder, then diffusion), each with overrides of
-``trainer``; the modality's ``task`` factory builds the task of a stage. A finished stage is skipped
+``trainer`` (``null`` drops a stage); the modality's ``task`` factory builds the task of a stage. A finished stage is skipped
 on resume, an interrupted one continues from its newest checkpoint.
 """
 from __future__ import annotations
@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> int:
         return 2
     try:
         for stage, overrides in stages.items():
+            if overrides is None:  # `stages.<name>: null` removes a stage a parent preset defined
+                continue
             settings = stage_settings(cfg.trainer, overrides, stage)
             task = instantiate(cfg.modality.task)(cfg=cfg, stage=stage, run_dir=run_dir, device=device)
             Trainer(task, settings, cfg.seed, device=device, rank=rank, world=world, **stage_dirs(run_dir, stage)).fit()

@@ -146,8 +146,9 @@ def test_ema_update_and_swap():
     before = {k: v.clone() for k, v in module.state_dict().items()}
     with torch.no_grad():
         module.weight.add_(1.0)
-    ema.update()
+    ema.update(100)  # warm-up over: (1 + 100)/(10 + 100) > 0.9
     torch.testing.assert_close(ema.shadow["m.weight"], 0.9 * before["weight"] + 0.1 * module.weight)
+    assert ema.decay_at(0) == 0.1 and ema.decay_at(8) == 0.5
     with ema.swapped_in():
         torch.testing.assert_close(module.weight, ema.shadow["m.weight"])
     torch.testing.assert_close(module.weight, before["weight"] + 1.0)

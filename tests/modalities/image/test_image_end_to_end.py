@@ -1,0 +1,68 @@
+"""The image modality through the CLI: train both stages (few steps), sample, evaluate — the contract."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = ["experiment=image_tiny", "data.num_samples=256", "device=cpu", "trainer.log_every=5",
+        "stages.autoencoder.max_steps=30", "stages.autoencoder.batch_size=16", "stages.autoencoder.checkpoint_every=0",
+        "stages.diffusion.max_steps=10", "stages.diffusion.batch_size=16", "stages.diffusion.checkpoint_every=0",
+        "backbone.width=64", "backbone.depth=2", "trainer.sample_every=10", "trainer.sample_count=9",
+        "trainer.sample_steps=2"]
+
+
+def mldm(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("image") / "run"
+    out = mldm("train", *TINY, f"run_dir={run}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    return run
+
+
+def test_training_writes_the_run_directory_and_the_autoencoder_learns(run_dir):
+    assert (run_dir / "config.yaml").exists()
+    for stage in ("autoencoder", "diffusion"):
+        checkpoints = sorted((run_dir / "checkpoints" / stage).glob("step_*.json"))
+        assert checkpoints and json.loads(checkpoints[-1].read_text())["complete"]
+    rows = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    ae = [float(r["loss"]) for r in rows if r["stage"] == "autoencoder"]
+    assert ae[-1] < 0.7 * ae[0], f"autoencoder loss did not fall: {ae}"
+    assert any((run_dir / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
+    preview = run_dir / "samples" / "diffusion" / "step_00000010"
+    assert (preview / "grid.png").exists() and len(list(preview.glob("0*.png"))) == 9
+
+
+def test_sample_writes_the_sample_directory_contract(run_dir, tmp_path):
+    out = mldm("sample", f"run_dir={run_dir}", "num_samples=5", "steps=3", f"out_dir={tmp_path}",
+               "prompt=a red circle", "guidance_scale=2.0")
+    assert out.returncode == 0, out.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 5 and all(r["prompt"] == "a red circle" and "seed" in r for r in records)
+    assert all((tmp_path / r["file"]).exists() for r in records) and (tmp_path / "grid.png").exists()
+    arrays = np.load(tmp_path / "samples.npz")
+    assert arrays["images"].shape == (5, 32, 32, 3) and arrays["images"].dtype == np.uint8
+
+
+def test_evaluate_prints_the_metric_line_for_samples_and_for_data(run_dir, tmp_path):
+    out = mldm("evaluate", f"run_dir={run_dir}", "num_samples=9", "steps=2", f"out_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"valid_rate", "prompt_accuracy", "n"} <= set(metrics) and metrics["n"] == 9
+    assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 9
+    out = mldm("evaluate", "experiment=image_tiny", "source=data", "split=test", "num_samples=300",
+               f"out_dir={tmp_path / 'data'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert metrics["n"] == 300 and metrics["valid_rate"] >= 0.97 and metrics["prompt_accuracy"] >= 0.97
