@@ -20,24 +20,31 @@ class MetricsLog:
             self.writer = SummaryWriter(str(log_dir / "tensorboard" / stage))
             self.bar = tqdm(total=max_steps, initial=start_step, desc=stage, dynamic_ncols=True, disable=None)
 
-    def log(self, step: int, values: dict[str, float]):
-        if not self.enabled:
-            return
-        row = {"stage": self.stage, "step": step, **{k: f"{v:.6g}" for k, v in values.items()}}
-        new_file = not self.csv_path.exists()
-        header = list(row) if new_file else next(csv.reader(self.csv_path.open()))
-        if not new_file and set(row) - set(header):
-            header = header + sorted(set(row) - set(header))  # new columns (e.g. a later stage) extend the header
-            rows = list(csv.DictReader(self.csv_path.open()))
+    def _header(self) -> list[str]:
+        if not self.csv_path.exists():
+            return []
+        with self.csv_path.open(newline="") as f:
+            return next(csv.reader(f), [])
+
+    def _write_row(self, row: dict):
+        header = self._header()
+        if set(row) - set(header):  # new columns (e.g. a later stage's): rewrite with the wider header
+            rows = []
+            if header:
+                with self.csv_path.open(newline="") as f:
+                    rows = list(csv.DictReader(f))
+            header = header + [k for k in row if k not in header]
             with self.csv_path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, header)
+                writer = csv.DictWriter(f, header, restval="")
                 writer.writeheader()
                 writer.writerows(rows)
         with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, header, restval="")
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+            csv.DictWriter(f, header, restval="").writerow(row)
+
+    def log(self, step: int, values: dict[str, float]):
+        if not self.enabled:
+            return
+        self._write_row({"stage": self.stage, "step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
         for key, value in values.items():
             self.writer.add_scalar(f"{self.stage}/{key}", value, step)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "it_per_s")})

@@ -112,9 +112,18 @@ def test_tree_layout():
         assert GROUPS[group], f"configs/{group} needs at least one option"
 
 
+def _image_folder(tmp_path) -> list[str]:
+    """data=image_folder needs a real folder: one PNG."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 36), (200, 10, 10)).save(tmp_path / "red.png")
+    return [f"data.root={tmp_path}"]
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(group, option):
-    cfg = build_config("train", [f"{group}={option}"], root=CONFIGS)
+def test_option_composes_and_instantiates(group, option, tmp_path):
+    extra = _image_folder(tmp_path) if (group, option) == ("data", "image_folder") else []
+    cfg = build_config("train", [f"{group}={option}", *extra], root=CONFIGS)
     if group == "experiment":  # a `_global_` preset: it must leave a complete, working config
         assert cfg.get("modality") is not None, f"experiment={option} selects no modality"
         check_core(cfg)

@@ -36,7 +36,8 @@ def test_training_writes_the_run_directory_and_the_autoencoder_learns(run_dir):
     for stage in ("autoencoder", "diffusion"):
         checkpoints = sorted((run_dir / "checkpoints" / stage).glob("step_*.json"))
         assert checkpoints and json.loads(checkpoints[-1].read_text())["complete"]
-    rows = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     ae = [float(r["loss"]) for r in rows if r["stage"] == "autoencoder"]
     assert ae[-1] < 0.7 * ae[0], f"autoencoder loss did not fall: {ae}"
     assert any((run_dir / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
