@@ -104,9 +104,6 @@ class Conditions:
             return as_condition(self.label_encoder(index.to(device)))
         return self.table.index(index.cpu()).to(device)
 
-    def encode_prompts(self, prompts: list[str], text_encoder: TextEncoder, device) -> TextCondition:
-        return text_encoder(prompts).to(device)
-
 
 class LatentDiffusionStage:
     name = "diffusion"

@@ -86,11 +86,12 @@ class ImagePipeline:
 
     def evaluate_samples(self, out_dir: Path) -> dict:
         samples = load_image_samples(out_dir)
-        prompts = samples["prompts"] if samples["prompts"] is not None and len(samples["prompts"]) else None
-        if prompts is not None and not all(" " in str(p) for p in prompts):
-            prompts = None  # label-conditioned runs store class indices
-        metrics = evaluate_samples(samples["images"], prompts=prompts)
-        return {k: v for k, v in metrics.items() if k in ("n", "valid_rate", "prompt_accuracy", "class_entropy")}
+        prompts, labels = samples["prompts"], None
+        if prompts is not None and len(prompts) and all(str(p).isdigit() for p in prompts):
+            prompts, labels = None, [int(p) for p in prompts]  # label-conditioned runs store class indices
+        metrics = evaluate_samples(samples["images"], prompts=prompts, labels=labels)
+        keep = ("n", "valid_rate", "prompt_accuracy", "label_accuracy", "class_entropy")
+        return {k: v for k, v in metrics.items() if k in keep}
 
     def evaluate_data(self, split: str, num_samples: int) -> dict:
         data = instantiate(self.cfg.data, split="train" if split == "all" else split,

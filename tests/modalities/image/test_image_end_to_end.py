@@ -67,3 +67,13 @@ def test_evaluate_prints_the_metric_line_for_samples_and_for_data(run_dir, tmp_p
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     assert metrics["n"] == 300 and metrics["valid_rate"] >= 0.97 and metrics["prompt_accuracy"] >= 0.97
+
+
+def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path):
+    run = tmp_path / "run"
+    out = mldm("train", *TINY, "modality=image_labels", "autoencoder=vq_f4_tiny", f"run_dir={run}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    out = mldm("sample", f"run_dir={run}", "num_samples=9", "steps=2", f"out_dir={tmp_path / 's'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in records) == [str(i) for i in range(9)]  # one per class label

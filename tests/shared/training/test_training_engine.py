@@ -164,3 +164,15 @@ def test_checkpoint_round_trip_refuses_nan_and_names_a_truncated_file(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(CheckpointError, match="step_00000003.safetensors"):
         load_checkpoint(tmp_path / "step_00000003.json")
+
+
+def test_accumulation_and_bf16_autocast_train(env, tmp_path):
+    """grad_accum=2 under bf16 autocast (fp32 master weights): completes, loss falls, weights stay fp32."""
+    out = run(env, "train", "experiment=toy", f"run_dir={tmp_path}", "trainer.grad_accum=2", "trainer.precision=bf16",
+              "stages.diffusion.max_steps=60", "stages.diffusion.log_every=10")
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "logs" / "metrics.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert losses[-1] < losses[0]
+    _, tensors = final_tensors(tmp_path)
+    assert all(v.dtype == torch.float32 for k, v in tensors.items() if k.startswith("model."))
