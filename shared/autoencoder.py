@@ -5,7 +5,7 @@
 VQ models); ``decode(z)`` maps a latent back. The diffusion model never sees raw latents: it works on
 ``encode_latent`` / ``decode_latent``, which shift and scale by ``LatentStatistics`` estimated from
 data and stored as buffers of the autoencoder (Rombach et al. 2022, §4.3.2 / App. D.1: the LDM "scale
-factor" made explicit) — so no magic constant such as 0.18215 lives anywhere else.
+factor" made explicit) — so no magic scale constant lives anywhere else.
 Patch discriminator and GAN losses: ``shared.gan``.
 """
 from __future__ import annotations
