@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from modalities.image.data import Shapes2D, caption_for_label, uint8_to_float
 from shared.conditioning import ClassLabelEncoder, TextEncoder
 from shared.denoiser import Denoiser
-from shared.training.checkpoint import latest_checkpoint, load_checkpoint
+from shared.training.checkpoint import latest_checkpoint, load_checkpoint, with_prefix
 
 
 def load_images(dataset) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -66,7 +66,7 @@ def load_stage_weights(run_dir: Path, stage: str, modules: dict, prefer_ema: boo
     for name, module in modules.items():
         for source in (("ema", "model") if prefer_ema else ("model",)):
             prefix = f"{source}.{name}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            state = with_prefix(tensors, prefix)
             if state:
                 module.load_state_dict(state)
                 break

@@ -6,6 +6,8 @@ import contextlib
 import torch
 from torch import nn
 
+from shared.training.checkpoint import with_prefix
+
 
 class EMA:
     """θ_ema ← d·θ_ema + (1 − d)·θ for floating-point parameters; buffers are copied.
@@ -61,4 +63,4 @@ class EMA:
     def _load(self, flat: dict[str, torch.Tensor]):
         for name, module in self.modules.items():
             prefix = name + "."
-            module.load_state_dict({k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)})
+            module.load_state_dict(with_prefix(flat, prefix))

@@ -18,7 +18,7 @@ from torch import nn
 
 from shared.training import distributed
 from shared.training.checkpoint import (flatten_optimizer, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                        unflatten_optimizer)
+                                        unflatten_optimizer, with_prefix)
 from shared.training.ema import EMA
 from shared.training.metrics_log import MetricsLog
 from shared.training.randomness import BatchRandomness, derive_seed
@@ -127,8 +127,8 @@ class Trainer:
         tensors, meta = load_checkpoint(path)
         for name, module in self.modules.items():
             prefix = f"model.{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            module.load_state_dict(with_prefix(tensors, prefix))
+        self.ema.load_state_dict(with_prefix(tensors, "ema."))
         for name, opt in self.optimizers.items():
             opt.load_state_dict(unflatten_optimizer(name, tensors, meta["optimizers"][name]))
         self.step = meta["step"]
