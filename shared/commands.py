@@ -7,6 +7,7 @@ its steps and the guidance come from the config (``sampler=``, ``steps=``, ``gui
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -26,6 +27,21 @@ def build_pipeline(cfg: DictConfig, with_model: bool = True):
     return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
 
 
+def user_errors(command: str):
+    """Bad input (a missing run, an unreadable file, an unknown class) ends in one line naming it, exit 2."""
+    def wrap(function):
+        @functools.wraps(function)
+        def run(cfg: DictConfig) -> int:
+            try:
+                return function(cfg)
+            except (ValueError, FileNotFoundError) as error:
+                print(f"mldm {command}: error: {error}", file=sys.stderr)
+                return 2
+        return run
+    return wrap
+
+
+@user_errors("sample")
 def sample(cfg: DictConfig) -> int:
     pipeline = build_pipeline(cfg)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "samples" / time.strftime("cli-%Y%m%d-%H%M%S")
@@ -36,6 +52,7 @@ def sample(cfg: DictConfig) -> int:
     return 0
 
 
+@user_errors("evaluate")
 def evaluate(cfg: DictConfig) -> int:
     judge_only = cfg.source == "data" or bool(cfg.get("samples_dir"))
     pipeline = build_pipeline(cfg, with_model=not judge_only)

@@ -79,6 +79,7 @@ class SampleKeys(TrainKeys):
     prompt: Optional[str] = MISSING
     guidance_scale: Optional[float] = MISSING
     out_dir: Optional[str] = MISSING
+    partial: Optional[str] = MISSING
 
 
 @dataclass

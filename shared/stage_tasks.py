@@ -110,7 +110,8 @@ class LatentDiffusionStage:
 
     def __init__(self, denoiser: Denoiser, first_stage: FirstStage | None, data: torch.Tensor, to_model: Callable,
                  conditions: Conditions, loss: DenoisingScoreMatching, cfg_dropout: float = 0.1,
-                 preview: Callable | None = None, encode_batch: int = 256, device="cpu"):
+                 preview: Callable | None = None, encode_batch: int = 256, device="cpu", name: str = "diffusion"):
+        self.name = name  # the stage's name in logs (a modality may train several latent priors)
         self.denoiser, self.first_stage, self.conditions, self.loss = denoiser, first_stage, conditions, loss
         self.cfg_dropout, self.preview_fn = cfg_dropout, preview
         self.mean, self.std = self._latents(data, to_model, encode_batch, torch.device(device))

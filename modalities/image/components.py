@@ -5,8 +5,6 @@ Training (``task.py``) and sampling (``pipeline.py``) both build through here, s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -14,7 +12,6 @@ from omegaconf import DictConfig
 from modalities.image.data import Shapes2D, caption_for_label, uint8_to_float
 from shared.conditioning import ClassLabelEncoder, TextEncoder
 from shared.denoiser import Denoiser
-from shared.training.checkpoint import latest_checkpoint, load_checkpoint, with_prefix
 
 
 def load_images(dataset) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -54,22 +51,3 @@ def build_denoiser(cfg: DictConfig, first_stage, conditioner) -> Denoiser:
     channels, size = latent_shape(cfg, first_stage)
     backbone = instantiate(cfg.backbone)(in_channels=channels, sample_size=size, cond_dim=conditioner.dim)
     return Denoiser(backbone, instantiate(cfg.schedule), instantiate(cfg.parameterization))
-
-
-def load_stage_weights(run_dir: Path, stage: str, modules: dict, prefer_ema: bool = True) -> Path:
-    """Load a stage's newest checkpoint into ``modules`` (EMA weights where kept); returns its path."""
-    path = latest_checkpoint(run_dir / "checkpoints" / stage)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints' / stage}: no checkpoint of stage '{stage}' "
-                                f"(train it first: mldm train ... run_dir={run_dir})")
-    tensors, _ = load_checkpoint(path)
-    for name, module in modules.items():
-        for source in (("ema", "model") if prefer_ema else ("model",)):
-            prefix = f"{source}.{name}."
-            state = with_prefix(tensors, prefix)
-            if state:
-                module.load_state_dict(state)
-                break
-        else:
-            raise KeyError(f"{path}: no weights for '{name}'")
-    return path

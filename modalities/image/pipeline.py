@@ -9,11 +9,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modalities.image.components import (build_conditioner, build_denoiser, build_first_stage, latent_shape,
-                                         load_images, load_stage_weights)
+                                         load_images)
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
 from shared.conditioning import ClassLabelEncoder
 from shared.stage_tasks import as_condition
+from shared.training.checkpoint import load_stage_weights
 
 
 def encode_prompts(conditioner, prompts: list[str], device) -> object:

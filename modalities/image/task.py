@@ -7,11 +7,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modalities.image.components import (build_conditioner, build_denoiser, build_first_stage, load_images,
-                                         load_stage_weights, to_model)
+from modalities.image.components import build_conditioner, build_denoiser, build_first_stage, load_images, to_model
 from modalities.image.export import export_image_samples
 from shared.conditioning import ClassLabelEncoder
 from shared.stage_tasks import AutoencoderStage, Conditions, LatentDiffusionStage
+from shared.training.checkpoint import load_stage_weights
 
 
 def preview_images(images: torch.Tensor, out_dir: Path, prompts=None):

@@ -93,3 +93,23 @@ def load_checkpoint(json_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def latest_checkpoint(directory: Path) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def load_stage_weights(run_dir: Path, stage: str, modules: dict, prefer_ema: bool = True) -> Path:
+    """Load a stage's newest checkpoint into ``modules`` (EMA weights where kept); returns its path."""
+    run_dir = Path(run_dir)
+    path = latest_checkpoint(run_dir / "checkpoints" / stage)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints' / stage}: no checkpoint of stage '{stage}' "
+                                f"(train it first: mldm train ... run_dir={run_dir})")
+    tensors, _ = load_checkpoint(path)
+    for name, module in modules.items():
+        for source in (("ema", "model") if prefer_ema else ("model",)):
+            prefix = f"{source}.{name}."
+            state = with_prefix(tensors, prefix)
+            if state:
+                module.load_state_dict(state)
+                break
+        else:
+            raise KeyError(f"{path}: no weights for '{name}'")
+    return path

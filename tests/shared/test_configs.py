@@ -120,9 +120,21 @@ def _image_folder(tmp_path) -> list[str]:
     return [f"data.root={tmp_path}"]
 
 
+def _mesh_folder(tmp_path) -> list[str]:
+    """data=mesh_folder needs a real folder: one mesh in one class folder."""
+    import trimesh
+
+    (tmp_path / "box").mkdir()
+    trimesh.creation.box().export(tmp_path / "box" / "a.obj")
+    return [f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+FOLDER_DATA = {("data", "image_folder"): _image_folder, ("data", "mesh_folder"): _mesh_folder}
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path):
-    extra = _image_folder(tmp_path) if (group, option) == ("data", "image_folder") else []
+    extra = FOLDER_DATA[group, option](tmp_path) if (group, option) in FOLDER_DATA else []
     cfg = build_config("train", [f"{group}={option}", *extra], root=CONFIGS)
     if group == "experiment":  # a `_global_` preset: it must leave a complete, working config
         assert cfg.get("modality") is not None, f"experiment={option} selects no modality"

@@ -1,0 +1,1 @@
+"""3D shapes: point-cloud latents (LION-style) and SDF latents with mesh extraction."""

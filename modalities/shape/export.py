@@ -1,0 +1,297 @@
+"""3D shape sample directories (the contract in DESIGN.md): one file per sample (``000000.ply``
+binary point clouds, or ``000000.obj`` / ``.ply`` meshes), a ``preview.png`` grid of matplotlib
+renders, a ``samples.jsonl`` index (``file`` and ``label`` / ``prompt`` / ``seed`` / extra fields
+where given) and the raw arrays in ``samples.npz``. ``load_shape_samples`` reads one back and
+``read_point_cloud`` reads a user's (partial) point cloud for shape completion.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+from modalities.image.export import _atomic_write
+
+INDEX_FILE, ARRAYS_FILE, PREVIEW_FILE = "samples.jsonl", "samples.npz", "preview.png"
+RESERVED_KEYS = {"file", "label", "prompt", "seed", "empty"}
+VIEW = (20.0, 45.0)                 # fixed (elevation, azimuth) so previews of different runs compare
+POINT_FORMATS = (".ply", ".xyz", ".txt", ".npy")
+
+
+def _points_array(points) -> np.ndarray:
+    """[N, P, 3] torch or numpy -> float32 numpy; rejects NaN/inf naming the first bad sample."""
+    array = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected points [N, P, 3], got shape {array.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=(1, 2)))
+    if len(bad):
+        raise ValueError(f"sample {bad[0]} has NaN/inf points ({len(bad)} bad samples)")
+    return array
+
+
+def _records(n: int, labels, label_names, seeds, extra) -> list[dict]:
+    extra = extra or {}
+    for name, values in (("labels", labels), ("seeds", seeds), *extra.items()):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{len(values)} {name} for {n} samples")
+    if label_names is not None and labels is None:
+        raise ValueError("label_names given without labels")
+    if RESERVED_KEYS & set(extra):
+        raise ValueError(f"extra keys {sorted(RESERVED_KEYS & set(extra))} clash with index fields")
+    records = []
+    for i in range(n):
+        record: dict = {}
+        if labels is not None:
+            record["label"] = int(labels[i])
+            if label_names is not None:
+                record["prompt"] = str(label_names[int(labels[i])])
+        if seeds is not None:
+            record["seed"] = int(seeds[i])
+        for key, values in extra.items():                   # numpy / torch scalars -> plain JSON
+            record[key] = values[i].item() if hasattr(values[i], "item") else values[i]
+        try:
+            json.dumps(record)
+        except TypeError as error:                          # fail before any file is written
+            raise ValueError(f"sample {i}: index fields must be JSON values ({error})") from None
+        records.append(record)
+    return records
+
+
+def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int):
+    """Vertex clustering on ever coarser grids until at most ``max_faces`` remain (preview only:
+    matplotlib draws every polygon in Python, and a few thousand per tile look the same)."""
+    low, span = vertices.min(0), np.ptp(vertices, 0).max() + 1e-9
+    for resolution in (64, 32, 16, 8):
+        if len(faces) <= max_faces:
+            break
+        cells = np.minimum(((vertices - low) / span * resolution).astype(np.int64), resolution - 1)
+        _, inverse = np.unique((cells[:, 0] * resolution + cells[:, 1]) * resolution + cells[:, 2],
+                               return_inverse=True)
+        inverse = inverse.reshape(-1)
+        merged = np.zeros((inverse.max() + 1, 3))
+        np.add.at(merged, inverse, vertices)
+        merged /= np.bincount(inverse)[:, None]
+        remapped = inverse[faces]
+        keep = (remapped != remapped[:, [1, 2, 0]]).all(axis=1)      # drop collapsed triangles
+        vertices, faces = merged, remapped[keep]
+    return vertices, faces
+
+
+def _render_preview(path: Path, points: np.ndarray, titles: list, meshes=None, per_row: int = 8,
+                    max_points: int = 2048, max_faces: int = 2000) -> None:
+    """Grid of 3D renders on an Agg canvas of its own (no pyplot, so global state is untouched)."""
+    n = len(points)
+    cols, tile = min(per_row, max(n, 1)), 2.0
+    rows = max(1, -(-n // cols))
+    figure = Figure(figsize=(cols * tile, rows * tile), dpi=80)
+    canvas = FigureCanvasAgg(figure)
+    elevation, azimuth = np.radians(VIEW)                  # light from the camera, a bit above
+    light = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                      np.sin(elevation) + 0.8])
+    light /= np.linalg.norm(light)
+    rng = np.random.default_rng(0)                     # same subsample every time
+    for i in range(n):
+        axes = figure.add_subplot(rows, cols, i + 1, projection="3d")
+        mesh = None if meshes is None else meshes[i]
+        if mesh is not None and len(mesh.faces):
+            vertices, faces = _decimate(np.asarray(mesh.vertices), np.asarray(mesh.faces), max_faces)
+            triangles = vertices[faces]
+            normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+            normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+            shade = 0.25 + 0.75 * np.abs(normals @ light)   # two-sided: MC winding may be flipped
+            colors = np.clip(shade[:, None] * np.array([0.55, 0.7, 0.9]), 0, 1)
+            axes.add_collection3d(Poly3DCollection(triangles, facecolors=colors, linewidths=0))
+        else:
+            cloud = points[i]
+            if len(cloud) > max_points:
+                cloud = cloud[rng.choice(len(cloud), max_points, replace=False)]
+            axes.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], s=0.5, c=cloud[:, 2], cmap="viridis",
+                         depthshade=False, linewidths=0)
+        axes.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1))
+        axes.set_box_aspect((1, 1, 1), zoom=1.3)
+        axes.view_init(*VIEW)
+        axes.set_axis_off()
+        if titles[i] is not None:
+            axes.text2D(0.5, 0.98, str(titles[i]), transform=axes.transAxes, ha="center", va="top",
+                        fontsize=8)                          # inside the tile: never clipped
+    figure.subplots_adjust(0, 0, 1, 1, 0, 0)
+    _atomic_write(path, lambda f: canvas.print_png(f))
+
+
+def _write_directory(out_dir: Path, kind: str, files: list, records: list[dict], points: np.ndarray,
+                     labels, meshes, preview_max: int) -> Path:
+    """Shared tail: drop stale sample files, write preview, npz, and the index last (its presence
+    marks a complete directory)."""
+    records = [{"file": name, **record} for name, record in zip(files, records)]
+    for stale in _previous_files(out_dir) - set(files):
+        if Path(stale).name == stale:                       # only plain names this exporter wrote
+            (out_dir / stale).unlink(missing_ok=True)
+    titles = [r.get("prompt", r.get("label")) for r in records[:preview_max]]
+    _render_preview(out_dir / PREVIEW_FILE, points[:preview_max], titles,
+                    None if meshes is None else meshes[:preview_max])
+    arrays = {"points": points, "kind": np.array(kind)}
+    if labels is not None:
+        arrays["labels"] = np.asarray([int(x) for x in labels], dtype=np.int64)
+    _atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    _atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
+    return out_dir
+
+
+def _previous_files(out_dir: Path) -> set[str]:
+    try:
+        return {r["file"] for r in _read_index(out_dir) if isinstance(r.get("file"), str)}
+    except (OSError, ValueError, AttributeError):           # no or unreadable old index: keep all
+        return set()
+
+
+def _file_names(n: int, suffix: str) -> list[str]:
+    digits = max(6, len(str(n - 1)))
+    return [f"{i:0{digits}d}{suffix}" for i in range(n)]
+
+
+def export_point_clouds(out_dir, points, labels=None, label_names: list[str] | None = None,
+                        seeds=None, extra: dict[str, list] | None = None,
+                        preview_max: int = 32) -> Path:
+    """Write a sample directory for point clouds ``points`` [N, P, 3]: binary PLY per sample,
+    ``samples.npz`` (``points`` float32, ``labels`` int64), ``samples.jsonl`` and ``preview.png``
+    (first ``preview_max`` clouds). ``label_names[label]`` becomes each line's ``prompt``."""
+    out_dir = Path(out_dir)
+    array = _points_array(points)
+    records = _records(len(array), labels, label_names, seeds, extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _file_names(len(array), ".ply")
+    for name, cloud in zip(files, array):
+        data = trimesh.PointCloud(cloud).export(file_type="ply")
+        _atomic_write(out_dir / name, lambda f, data=data: f.write(data))
+    return _write_directory(out_dir, "point_clouds", files, records, array, labels, None, preview_max)
+
+
+def export_meshes(out_dir, meshes: list, points, labels=None, label_names: list[str] | None = None,
+                  seeds=None, mesh_format: str = "obj", extra: dict[str, list] | None = None,
+                  preview_max: int = 32) -> Path:
+    """Write a sample directory for ``meshes`` (trimesh.Trimesh, or None) with ``points`` [N, P, 3]
+    sampled from them by the caller. An empty mesh (e.g. marching cubes found no surface) gets no
+    file but still an index line, ``{"file": null, "empty": true, ...}``, so lines stay aligned
+    with the arrays; its preview tile scatters its points instead."""
+    if mesh_format not in ("obj", "ply"):
+        raise ValueError(f"mesh_format must be 'obj' or 'ply', got {mesh_format!r}")
+    out_dir = Path(out_dir)
+    array = _points_array(points)
+    if len(meshes) != len(array):
+        raise ValueError(f"{len(meshes)} meshes for {len(array)} point sets")
+    records = _records(len(array), labels, label_names, seeds, extra)
+    for i, mesh in enumerate(meshes):
+        if mesh is not None and len(mesh.vertices) and not np.isfinite(mesh.vertices).all():
+            raise ValueError(f"mesh {i} has NaN/inf vertices")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[str | None] = []
+    for name, mesh, record in zip(_file_names(len(array), f".{mesh_format}"), meshes, records):
+        if mesh is None or len(mesh.faces) == 0:
+            files.append(None)
+            record["empty"] = True
+            continue
+        data = mesh.export(file_type=mesh_format)
+        data = data.encode("utf-8") if isinstance(data, str) else data
+        _atomic_write(out_dir / name, lambda f, data=data: f.write(data))
+        files.append(name)
+    return _write_directory(out_dir, "meshes", files, records, array, labels, meshes, preview_max)
+
+
+def _read_index(out_dir: Path) -> list[dict]:
+    path = out_dir / INDEX_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; not a shape sample directory")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+    return records
+
+
+def load_meshes(out_dir) -> list[trimesh.Trimesh]:
+    """The meshes the index names, in order; an empty ``trimesh.Trimesh()`` for ``"file": null``."""
+    out_dir = Path(out_dir)
+    meshes = []
+    for record in _read_index(out_dir):
+        if record.get("file") is None:
+            meshes.append(trimesh.Trimesh())
+            continue
+        path = out_dir / record["file"]
+        try:
+            meshes.append(trimesh.load(path, force="mesh"))
+        except Exception as error:                           # trimesh raises many types
+            raise ValueError(f"{path}: unreadable mesh ({error})") from None
+    return meshes
+
+
+def load_shape_samples(out_dir, meshes: bool = True) -> dict:
+    """Read a directory back: ``points`` float32 Tensor [N, P, 3], ``labels`` LongTensor or None,
+    ``index`` (the jsonl dicts), ``kind`` and ``meshes`` (list of Trimesh for mesh directories when
+    ``meshes`` is true, else None)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir}: no such directory")
+    path = out_dir / ARRAYS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; not a shape sample directory")
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:  # closes on error
+            loaded = {key: arrays[key] for key in arrays.files}
+    except Exception as error:                               # BadZipFile, zlib.error, EOFError, ...
+        raise ValueError(f"{path}: corrupt or truncated ({type(error).__name__}: {error})") from None
+    if "points" not in loaded:
+        raise ValueError(f"{path}: no 'points' array; not a shape sample directory")
+    records = _read_index(out_dir)
+    if len(records) != len(loaded["points"]):
+        raise ValueError(f"{out_dir / INDEX_FILE}: {len(records)} lines but {path} holds "
+                         f"{len(loaded['points'])} samples")
+    kind = str(loaded.get("kind", "point_clouds"))
+    labels = loaded.get("labels")
+    return {"points": torch.from_numpy(loaded["points"].astype(np.float32)),
+            "labels": None if labels is None else torch.from_numpy(labels.astype(np.int64)),
+            "index": records, "kind": kind,
+            "meshes": load_meshes(out_dir) if meshes and kind == "meshes" else None}
+
+
+def read_point_cloud(path) -> np.ndarray:
+    """A single point cloud as float32 [P, 3] from .ply (vertices of a cloud or mesh), .npy
+    ([P, 3]) or .xyz / .txt (whitespace columns x y z, or 6 with normals/colours after xyz)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in POINT_FORMATS:
+        raise ValueError(f"{path}: unsupported point cloud format (use one of {POINT_FORMATS})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if suffix == ".ply":
+            array = np.asarray(trimesh.load(path).vertices)
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            with warnings.catch_warnings():                  # an empty file only warns
+                warnings.simplefilter("ignore", UserWarning)
+                array = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        array = np.asarray(array, dtype=np.float64)
+    except Exception as error:
+        raise ValueError(f"{path}: unreadable point cloud ({type(error).__name__}: {error})") from None
+    if suffix in (".xyz", ".txt") and array.ndim == 2 and array.shape[1] == 6:
+        array = array[:, :3]
+    if array.size == 0:
+        raise ValueError(f"{path}: no points")
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"{path}: expected 3 columns (x y z), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: NaN/inf in {int((~np.isfinite(array).all(1)).sum())} points")
+    return np.ascontiguousarray(array, dtype=np.float32)

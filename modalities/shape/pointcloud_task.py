@@ -1,0 +1,167 @@
+"""`mldm train` for point clouds (LION's three stages): the hierarchical VAE, then a diffusion prior
+over the global latent z₀ (class-conditional, with CFG dropout), then a diffusion prior over the latent
+points h conditioned on z₀. Both priors see the frozen VAE's normalised posterior samples."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from modalities.shape.components import build_label_encoder, class_indices, load_shapes, make_denoiser
+from modalities.shape.export import export_point_clouds
+from modalities.shape.point_layers import farthest_point_centres
+from modalities.shape.pointcloud_vae import PointCloudVAE, pointcloud_vae_loss
+from shared.losses import DenoisingScoreMatching
+from shared.stage_tasks import Conditions, LatentDiffusionStage
+from shared.training.checkpoint import load_stage_weights
+
+
+class PointCloudAutoencoderStage:
+    name = "autoencoder"
+
+    def __init__(self, vae: PointCloudVAE, points: torch.Tensor, kl_global: float, kl_points: float,
+                 stats_batch: int = 128):
+        self.vae, self.points, self.kl_global, self.kl_points = vae, points, kl_global, kl_points
+        self.stats_batch = stats_batch
+        self.centres = farthest_point_centres(points, vae.num_latent_points)
+
+    def modules(self):
+        return {"autoencoder": self.vae}
+
+    def param_groups(self):
+        return {"main": list(self.vae.parameters())}
+
+    def ema_modules(self):
+        return []
+
+    def num_examples(self):
+        return len(self.points)
+
+    def batch(self, indices, device):
+        return {"x": self.points[indices].to(device), "centres": self.centres[indices].to(device)}
+
+    def losses(self, batch, random, step):
+        x = batch["x"]
+        posteriors = self.vae.encode(x, batch["centres"])
+        z0, h = (q.mean + q.std * random.randn_like(q.mean) for q in posteriors)
+        terms = pointcloud_vae_loss(x, self.vae.decode(z0, h), posteriors, self.kl_global, self.kl_points)
+        logs = {k: float(v.detach()) for k, v in terms.items()}
+        logs["loss"] = logs.pop("total")
+        return {"main": terms["total"]}, logs
+
+    @torch.no_grad()
+    def finalize(self):
+        device = next(self.vae.parameters()).device
+        self.vae.estimate_latent_statistics(self.points[i:i + self.stats_batch].to(device)
+                                            for i in range(0, len(self.points), self.stats_batch))
+
+    @torch.no_grad()
+    def preview(self, step, out_dir: Path):
+        x = self.points[:8].to(next(self.vae.parameters()).device)
+        reconstruction = self.vae(x, sample=False)[0]
+        export_point_clouds(out_dir, torch.cat([x, reconstruction]).cpu())
+
+
+class GlobalLatent(nn.Module):
+    """The VAE seen as a first stage whose latent is z₀ alone (for ``LatentDiffusionStage``)."""
+
+    def __init__(self, vae: PointCloudVAE):
+        super().__init__()
+        self.vae, self.latent_stats = vae, vae.global_stats
+
+    def encode(self, x):
+        return self.vae.encode(x)[0]
+
+
+class PointPriorStage:
+    """Denoising score matching on normalised latent points h, conditioned on the normalised z₀ of the
+    same shape (both drawn from the posterior each step, as LION trains its second prior)."""
+
+    name = "point_prior"
+
+    def __init__(self, denoiser, vae: PointCloudVAE, points: torch.Tensor, loss: DenoisingScoreMatching,
+                 device, encode_batch: int = 128, preview=None):
+        self.denoiser, self.vae, self.loss, self.preview_fn = denoiser, vae, loss, preview
+        vae.to(device).eval().requires_grad_(False)
+        with torch.no_grad():  # the VAE is frozen: encode every shape once
+            posteriors = [vae.encode(points[i:i + encode_batch].to(device)) for i in range(0, len(points), encode_batch)]
+            self.moments = {name: torch.cat([getattr(q[level], attr).float().cpu() for q in posteriors])
+                            for level, key in ((0, "global"), (1, "points"))
+                            for attr, name in (("mean", f"{key}_mean"), ("std", f"{key}_std"))}
+
+    def modules(self):
+        return {"denoiser": self.denoiser}
+
+    def param_groups(self):
+        return {"main": list(self.denoiser.parameters())}
+
+    def ema_modules(self):
+        return ["denoiser"]
+
+    def num_examples(self):
+        return len(self.moments["global_mean"])
+
+    def batch(self, indices, device):
+        return {k: v[indices].to(device) for k, v in self.moments.items()}
+
+    def losses(self, batch, random, step):
+        z0 = batch["global_mean"] + batch["global_std"] * random.randn_like(batch["global_mean"])
+        h = batch["points_mean"] + batch["points_std"] * random.randn_like(batch["points_mean"])
+        z0, h = self.vae.global_stats.normalize(z0), self.vae.point_stats.normalize(h)
+        t = random.draw(self.loss.time_sampler, len(h), self.denoiser.schedule)
+        loss = self.loss(self.denoiser, h, z0, t=t, noise=random.randn_like(h)).mean()
+        return {"main": loss}, {"loss": float(loss.detach())}
+
+    def finalize(self):
+        pass
+
+    @torch.no_grad()
+    def preview(self, step, out_dir: Path):
+        if self.preview_fn is not None:
+            self.preview_fn(self.denoiser, out_dir)
+
+
+def build_vae(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> PointCloudVAE:
+    vae = instantiate(cfg.autoencoder, num_points=cfg.data.num_points)
+    if run_dir is not None:
+        load_stage_weights(run_dir, "autoencoder", {"autoencoder": vae}, prefer_ema=False)
+        vae.to(device).eval().requires_grad_(False)
+    return vae
+
+
+def build_global_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
+    return make_denoiser(cfg, instantiate(cfg.backbone.global_prior)(dim=vae.global_dim, cond_dim=label_encoder.dim))
+
+
+def build_point_denoiser(cfg: DictConfig, vae: PointCloudVAE):
+    return make_denoiser(cfg, instantiate(cfg.backbone.point_prior)(point_dim=vae.point_dim, cond_dim=vae.global_dim))
+
+
+def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
+    data, label_names = load_shapes(cfg)
+    if stage == "autoencoder":
+        training = cfg.modality.autoencoder_training
+        return PointCloudAutoencoderStage(build_vae(cfg), data["points"], training.kl_global, training.kl_points)
+    vae = build_vae(cfg, run_dir, device)
+    if stage == "global_prior":
+        label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
+        denoiser = build_global_denoiser(cfg, vae, label_encoder)
+        conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
+        return LatentDiffusionStage(denoiser, GlobalLatent(vae), data["points"], lambda x: x, conditions,
+                                    instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, device=device,
+                                    name="global_prior")
+    if stage == "point_prior":
+        denoiser = build_point_denoiser(cfg, vae)
+
+        def preview(point_denoiser, out_dir: Path):
+            from modalities.shape.pointcloud_pipeline import PointCloudPipeline
+
+            pipeline = PointCloudPipeline(cfg, run_dir, device, point_denoiser=point_denoiser)
+            pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
+
+        return PointPriorStage(denoiser, vae, data["points"], instantiate(cfg.loss), device, preview=preview)
+    raise ValueError(f"the point-cloud modality has stages 'autoencoder', 'global_prior' and 'point_prior', "
+                     f"not '{stage}'")

@@ -1,0 +1,111 @@
+"""Hierarchical point-cloud VAE (LION, Zeng et al. 2022, §3.1): a global shape latent z₀ ∈ R^G and a set
+of M latent points h ∈ R^{M×(3+D)} — coordinates plus D features — conditioned on z₀.
+
+Encoder: farthest-point-sampled centres, a PointNet++ set abstraction (torch-geometric ``PointNetConv``)
+over each centre's neighbourhood, max pooled into q(z₀|x); each latent point's posterior is its centre
+plus a learned offset (and features), given its local feature and z₀. Decoder: a small transformer over
+the latent points modulated by z₀; each latent point emits K = P/M output points as offsets from its
+own coordinates, so latent points are where the surface is (LION's latent points are a point cloud).
+Training objective: Chamfer reconstruction + KL of both levels (``pointcloud_vae_loss``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modalities.blocks import DiTBlock
+from modalities.shape.point_layers import SetAbstraction, farthest_point_sample, gather_points, mlp, nearest_index
+from shared.autoencoder import DiagonalGaussian, LatentStatistics
+
+
+class PointCloudVAE(nn.Module):
+    def __init__(self, num_points: int = 2048, num_latent_points: int = 128, point_features: int = 4,
+                 global_dim: int = 64, width: int = 128, k: int = 24, decoder_depth: int = 2, heads: int = 4,
+                 init_logvar: float = -6.0):
+        super().__init__()
+        if num_points % num_latent_points:
+            raise ValueError(f"num_points={num_points} must be a multiple of num_latent_points={num_latent_points}")
+        self.num_points, self.num_latent_points = num_points, num_latent_points
+        self.children_per_point = num_points // num_latent_points
+        self.point_dim, self.global_dim = 3 + point_features, global_dim
+        # encoder
+        self.local = SetAbstraction(0, width, width, k=k)
+        self.global_head = mlp(width, 2 * width, 2 * global_dim, last_activation=False)
+        self.point_head = mlp(width + global_dim, width, 2 * self.point_dim, last_activation=False)
+        for head in (self.global_head, self.point_head):  # start near the mean with a small, fixed spread
+            nn.init.zeros_(head[-1].weight)
+            nn.init.constant_(head[-1].bias, init_logvar)
+            head[-1].bias.data[: head[-1].out_features // 2] = 0.0
+        # decoder
+        self.point_embed = nn.Linear(self.point_dim, width)
+        self.global_embed = mlp(global_dim, width, width, last_activation=False)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(decoder_depth))
+        self.children_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(),
+                                           nn.Linear(width, 3 * self.children_per_point))
+        # latent statistics of both levels, estimated after training, stored with the weights
+        self.global_stats = LatentStatistics(global_dim, channel_dim=-1)
+        self.point_stats = LatentStatistics(self.point_dim, channel_dim=-1)
+
+    def encode(self, x: torch.Tensor, centres: torch.Tensor | None = None,
+               num_latent_points: int | None = None) -> tuple[DiagonalGaussian, DiagonalGaussian]:
+        """x [B, P, 3] -> (q(z₀ | x) over [B, G], q(h | x, z₀) over [B, M, 3 + D]); z₀ enters the latent
+        points' posterior as its mean (the reparameterised sample would tie the two levels' noise).
+        ``centres``: x's farthest-point centres if already computed; ``num_latent_points`` other than M
+        encodes part of a shape (shape completion)."""
+        x = x.float()
+        if centres is None:
+            centres = gather_points(x, farthest_point_sample(x, num_latent_points or self.num_latent_points))
+        local = self.local(x, None, centres)
+        global_posterior = DiagonalGaussian.from_parameters(self.global_head(local.max(1).values), dim=-1)
+        z0 = global_posterior.mean[:, None].expand(-1, centres.shape[1], -1)
+        mean, logvar = self.point_head(torch.cat([local, z0], -1)).chunk(2, dim=-1)
+        mean = torch.cat([centres + mean[..., :3], mean[..., 3:]], -1)
+        return global_posterior, DiagonalGaussian(mean, logvar)
+
+    def decode(self, z_global: torch.Tensor, z_points: torch.Tensor) -> torch.Tensor:
+        """(z₀ [B, G], h [B, M, 3 + D]) -> points [B, M·K, 3]."""
+        c = self.global_embed(z_global.float())
+        tokens = self.point_embed(z_points.float())
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        offsets = self.children_head(tokens).unflatten(-1, (self.children_per_point, 3))
+        return (z_points[..., None, :3].float() + offsets).flatten(1, 2)
+
+    def forward(self, x, sample: bool = True, generator: torch.Generator | None = None):
+        global_posterior, point_posterior = self.encode(x)
+        pick = (lambda q: q.sample(generator)) if sample else (lambda q: q.mode())
+        return self.decode(pick(global_posterior), pick(point_posterior)), (global_posterior, point_posterior)
+
+    def decode_latent(self, z_global: torch.Tensor, z_points: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (diffusion samples) -> points."""
+        return self.decode(self.global_stats.denormalize(z_global), self.point_stats.denormalize(z_points))
+
+    @torch.no_grad()
+    def estimate_latent_statistics(self, batches) -> None:
+        """Per-channel shift/scale of both levels' posterior means over the data (LDM's latent scaling)."""
+        was_training = self.training
+        self.eval()
+        means = [tuple(q.mean.float() for q in self.encode(x)) for x in batches]
+        self.global_stats.estimate(torch.cat([g for g, _ in means]), per_channel=True)
+        self.point_stats.estimate(torch.cat([p for _, p in means]), per_channel=True)
+        self.train(was_training)
+
+
+def chamfer_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Chamfer distance per cloud (PointFlow's convention, as ``metrics.chamfer_distance``): nearest
+    neighbours found without gradient, then the matched squared distances, with gradient."""
+    forward = (x - gather_points(y, nearest_index(x, y))).square().sum(-1).mean(1)
+    backward = (y - gather_points(x, nearest_index(y, x))).square().sum(-1).mean(1)
+    return forward + backward
+
+
+def pointcloud_vae_loss(x: torch.Tensor, reconstruction: torch.Tensor, posteriors, kl_global: float,
+                        kl_points: float) -> dict[str, torch.Tensor]:
+    """Chamfer reconstruction + λ₀·KL(q(z₀|x)‖N(0,I)) + λ_h·KL(q(h|x,z₀)‖N(0,I)), each KL averaged over
+    its latent dimensions (LION eq. 3 with per-dimension weights)."""
+    global_posterior, point_posterior = posteriors
+    chamfer = chamfer_loss(reconstruction.float(), x.float()).mean()
+    kl0 = global_posterior.kl().float().mean() / global_posterior.mean.shape[-1]
+    klh = point_posterior.kl().float().mean() / point_posterior.mean[0].numel()
+    total = chamfer + kl_global * kl0 + kl_points * klh
+    return {"total": total, "chamfer": chamfer, "kl_global": kl0, "kl_points": klh}
