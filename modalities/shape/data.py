@@ -121,7 +121,8 @@ class _ShapeSet(torch.utils.data.Dataset):
         item = {"points": sample_surface(mesh, self.num_points, rng), "label": self._label(index),
                 "kind": self._kind(index)}
         if self.with_sdf:
-            item["sdf_points"], item["sdf"] = sample_sdf(mesh, rng, self.sdf_near, self.sdf_uniform, self.sigmas)
+            item["sdf_points"], item["sdf"] = sample_sdf(mesh, rng, self.sdf_near, self.sdf_uniform,
+                                                         self.sigmas)
         return item
 
     def mesh(self, index: int) -> trimesh.Trimesh:

@@ -11,7 +11,7 @@ import trimesh
 
 from modalities.shape.data import (PRIMITIVE_KINDS, MeshFolder, Primitives, normalize_mesh, primitive_mesh,
                                    sample_sdf, sample_surface)
-from modalities.shape.mesh_sdf import unsigned_distance
+from modalities.shape.mesh_sdf import signed_distance, unsigned_distance
 
 SMALL = dict(num_points=64, sdf_near=64, sdf_uniform=32)
 
@@ -38,10 +38,14 @@ def test_items_are_deterministic_per_seed_split_index():
         Primitives(split="dev")
 
 
-def test_kinds_are_uniform_over_the_five():
-    counts = np.bincount([Primitives(num_samples=1, seed=s, cache_dir=None)._label(0) for s in range(1000)],
-                         minlength=5)
-    assert counts.sum() == 1000 and counts.min() > 150   # expected 200 each
+def test_kind_is_the_first_draw_of_the_item_stream():
+    """Documented contract: item i of split s uses default_rng([seed, split_id, i]), kind first."""
+    for split, split_id in (("train", 0), ("val", 1), ("test", 2)):
+        ds = Primitives(num_samples=8, num_points=4, seed=3, split=split, cache_dir=None)
+        labels = [ds[i]["label"] for i in range(8)]
+        assert labels == [int(np.random.default_rng([3, split_id, i]).integers(5)) for i in range(8)]
+    counts = np.bincount([np.random.default_rng([0, 0, i]).integers(5) for i in range(2000)], minlength=5)
+    assert counts.min() > 330   # uniform over the five kinds: 400 expected each
     assert Primitives.label_names == PRIMITIVE_KINDS
 
 
@@ -56,6 +60,17 @@ def test_normalisation_and_surface_points(kind):
         points = sample_surface(mesh, 256, rng)
         assert points.dtype == np.float32 and points.shape == (256, 3)
         assert unsigned_distance(mesh, points).max() < 1e-5   # float32 rounding of points on the surface
+
+
+def test_normalize_mesh():
+    mesh = trimesh.creation.box(extents=(2.0, 4.0, 6.0)).apply_translation([5.0, -3.0, 1.0])
+    normalised = normalize_mesh(mesh)
+    np.testing.assert_allclose(normalised.bounds.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(normalised.vertices, axis=1).max(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(mesh.bounds.mean(axis=0), [5.0, -3.0, 1.0])   # the input is left alone
+    point = trimesh.Trimesh(np.ones((3, 3)), [[0, 1, 2]], process=False)
+    with pytest.raises(ValueError, match="zero extent"):
+        normalize_mesh(point)
 
 
 def test_primitive_parameters_follow_the_spec():
@@ -219,7 +234,8 @@ def test_missing_or_empty_root(tmp_path):
         MeshFolder(tmp_path)
 
 
-@pytest.mark.parametrize("removed, watertight_after_repair", [(1, True), (2, False)], ids=["one_face", "two_faces"])
+@pytest.mark.parametrize("removed, watertight_after_repair", [(1, True), (2, False)],
+                         ids=["one_face", "two_faces"])
 def test_open_box_loads_with_correct_sdf_sign(tmp_path, removed, watertight_after_repair):
     box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
     normals = [(-1, 0, 0), (0, -1, 0)][:removed]
@@ -233,7 +249,6 @@ def test_open_box_loads_with_correct_sdf_sign(tmp_path, removed, watertight_afte
     inside = rng.uniform(-half / 3, half / 3, (200, 3))   # w > 0.5 there even with 2 faces open
     outside = rng.uniform(-1.1, 1.1, (2000, 3))
     outside = outside[np.abs(outside).max(axis=1) > 1.5 * half]
-    from modalities.shape.mesh_sdf import signed_distance
     assert (signed_distance(mesh, inside) < 0).all() and (signed_distance(mesh, outside) > 0).all()
     item = ds[0]
     points, sdf = item["sdf_points"].numpy(), item["sdf"].numpy()
