@@ -38,10 +38,12 @@ def complete(pipeline, partial: np.ndarray, labels: torch.Tensor, steps: int, se
     known_rows[:, :known] = vae.point_stats.normalize(point_posterior.mean)
     mask = torch.zeros(batch, num_latent, 1, device=device)
     mask[:, :known] = 1.0
-    inpaint = Inpainting(pipeline.point_denoiser, known_rows, mask, generator=generator)
-    h = pipeline.sample_points(z0, steps, generator, denoiser=inpaint)
+    h = pipeline.sample_points(z0, labels, steps, generator,
+                               wrap=lambda denoiser: Inpainting(denoiser, known_rows, mask,
+                                                                schedule=pipeline.point_denoiser.schedule,
+                                                                generator=generator))
 
-    decoded = vae.decode_latent(z0, h).float().cpu().view(batch, num_latent, children, 3)
+    decoded = vae.decode_latent(z0, h, generator=generator).float().cpu().view(batch, num_latent, children, 3)
     generated = decoded[:, known:].flatten(1, 2)
     points = torch.cat([given.expand(batch, -1, -1), generated], dim=1)
     return {"points": points, "labels": labels.tolist(), "seeds": [seed] * batch,

@@ -12,13 +12,13 @@ from modalities.shape.completion import complete
 from modalities.shape.components import (build_label_encoder, dataset_label_names, guided_sampler, label_conditions,
                                          parse_labels)
 from modalities.shape.export import export_point_clouds, load_shape_samples, read_point_cloud
-from modalities.shape.pointcloud_task import build_global_denoiser, build_point_denoiser, build_vae
+from modalities.shape.pointcloud_task import build_global_denoiser, build_point_denoiser, build_vae, point_condition
 from modalities.shape.evaluation import compare_with_data, data_row
 from shared.training.checkpoint import load_stage_weights
 
 
 class PointCloudPipeline:
-    def __init__(self, cfg: DictConfig, run_dir: Path | None, device: torch.device, point_denoiser=None):
+    def __init__(self, cfg: DictConfig, run_dir: Path | None, device: torch.device, point_prior=None):
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         if run_dir is None:
             return  # judging data or a sample directory
@@ -28,10 +28,12 @@ class PointCloudPipeline:
         self.global_denoiser = build_global_denoiser(cfg, self.vae, self.label_encoder).to(device).eval()
         load_stage_weights(run_dir, "global_prior", {"denoiser": self.global_denoiser,
                                                      "label_encoder": self.label_encoder})
-        if point_denoiser is None:  # during training the preview passes the EMA denoiser in
-            point_denoiser = build_point_denoiser(cfg, self.vae).to(device).eval()
-            load_stage_weights(run_dir, "point_prior", {"denoiser": point_denoiser})
-        self.point_denoiser = point_denoiser
+        if point_prior is None:  # during training the preview passes the EMA denoiser and label encoder in
+            point_labels = build_label_encoder(cfg, len(self.label_names)).to(device)
+            point_denoiser = build_point_denoiser(cfg, self.vae, point_labels).to(device).eval()
+            load_stage_weights(run_dir, "point_prior", {"denoiser": point_denoiser, "label_encoder": point_labels})
+            point_prior = (point_denoiser, point_labels)
+        self.point_denoiser, self.point_labels = point_prior
 
     @torch.no_grad()
     def sample_global(self, labels: torch.Tensor, steps: int, generator: torch.Generator, x_T=None, times=None):
@@ -45,12 +47,17 @@ class PointCloudPipeline:
                        generator=generator, cond=cond)
 
     @torch.no_grad()
-    def sample_points(self, z0: torch.Tensor, steps: int, generator: torch.Generator, denoiser=None):
-        """Normalised latent points [B, M, 3 + D] given normalised z₀."""
-        sampler, _ = guided_sampler(self.cfg, None)
+    def sample_points(self, z0: torch.Tensor, labels: torch.Tensor, steps: int, generator: torch.Generator,
+                      wrap=None):
+        """Normalised latent points [B, M, 3 + D] given normalised z₀ and the class (CFG as configured);
+        ``wrap`` adds a further denoiser wrapper (inpainting)."""
+        sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
+        null = torch.full_like(labels, self.point_labels.null_index)
+        cond, uncond = (point_condition(z0, self.point_labels, y) for y in (labels, null))
+        denoiser = guidance(self.point_denoiser, uncond=uncond)
         x_T = torch.randn(len(z0), self.vae.num_latent_points, self.vae.point_dim, generator=generator)
-        return sampler(denoiser or self.point_denoiser, x_T.to(self.device), self.point_denoiser.schedule, steps,
-                       generator=generator, cond=z0)
+        return sampler(wrap(denoiser) if wrap else denoiser, x_T.to(self.device), self.point_denoiser.schedule, steps,
+                       generator=generator, cond=cond)
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None,
@@ -62,8 +69,10 @@ class PointCloudPipeline:
         clouds = []
         for start in range(0, num_samples, batch_size):
             generator = torch.Generator().manual_seed(seed + start)
-            z0 = self.sample_global(labels[start:start + batch_size], steps, generator)
-            clouds.append(self.vae.decode_latent(z0, self.sample_points(z0, steps, generator)).float().cpu())
+            chunk = labels[start:start + batch_size]
+            z0 = self.sample_global(chunk, steps, generator)
+            h = self.sample_points(z0, chunk, steps, generator)
+            clouds.append(self.vae.decode_latent(z0, h, generator=generator).float().cpu())
         return {"points": torch.cat(clouds), "labels": labels.tolist(),
                 "seeds": [seed + (i // batch_size) * batch_size for i in range(num_samples)]}
 

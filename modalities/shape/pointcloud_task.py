@@ -47,7 +47,9 @@ class PointCloudAutoencoderStage:
         x = batch["x"]
         posteriors = self.vae.encode(x, batch["centres"])
         z0, h = (q.mean + q.std * random.randn_like(q.mean) for q in posteriors)
-        terms = pointcloud_vae_loss(x, self.vae.decode(z0, h), posteriors, self.kl_global, self.kl_points)
+        seeds = random.randn_like(h.new_empty(*h.shape[:2], self.vae.children_per_point, self.vae.seed_dim))
+        reconstruction = self.vae.decode(z0, h, seeds)
+        terms = pointcloud_vae_loss(x, reconstruction, posteriors, self.kl_global, self.kl_points)
         logs = {k: float(v.detach()) for k, v in terms.items()}
         logs["loss"] = logs.pop("total")
         return {"main": terms["total"]}, logs
@@ -61,7 +63,7 @@ class PointCloudAutoencoderStage:
     @torch.no_grad()
     def preview(self, step, out_dir: Path):
         x = self.points[:8].to(next(self.vae.parameters()).device)
-        reconstruction = self.vae(x, sample=False)[0]
+        reconstruction = self.vae(x, sample=False, generator=torch.Generator().manual_seed(step))[0]
         export_point_clouds(out_dir, torch.cat([x, reconstruction]).cpu())
 
 
@@ -76,15 +78,24 @@ class GlobalLatent(nn.Module):
         return self.vae.encode(x)[0]
 
 
+def point_condition(z0: torch.Tensor, label_encoder, labels: torch.Tensor) -> torch.Tensor:
+    """The point prior's condition: [normalised z₀, class embedding]."""
+    return torch.cat([z0, label_encoder(labels.to(z0.device)).to(z0.dtype)], dim=-1)
+
+
 class PointPriorStage:
     """Denoising score matching on normalised latent points h, conditioned on the normalised z₀ of the
-    same shape (both drawn from the posterior each step, as LION trains its second prior)."""
+    same shape (both drawn from the posterior each step, as LION trains its second prior) and on the
+    class, dropped to the null class with probability ``cfg_dropout`` (z₀ alone need not carry the class:
+    the latent points can make it redundant for the decoder)."""
 
     name = "point_prior"
 
-    def __init__(self, denoiser, vae: PointCloudVAE, points: torch.Tensor, loss: DenoisingScoreMatching,
-                 device, encode_batch: int = 128, preview=None):
+    def __init__(self, denoiser, vae: PointCloudVAE, points: torch.Tensor, labels: torch.Tensor, label_encoder,
+                 loss: DenoisingScoreMatching, device, cfg_dropout: float = 0.1, encode_batch: int = 128,
+                 preview=None):
         self.denoiser, self.vae, self.loss, self.preview_fn = denoiser, vae, loss, preview
+        self.labels, self.label_encoder, self.cfg_dropout = labels, label_encoder, cfg_dropout
         vae.to(device).eval().requires_grad_(False)
         with torch.no_grad():  # the VAE is frozen: encode every shape once
             posteriors = [vae.encode(points[i:i + encode_batch].to(device)) for i in range(0, len(points), encode_batch)]
@@ -93,26 +104,29 @@ class PointPriorStage:
                             for attr, name in (("mean", f"{key}_mean"), ("std", f"{key}_std"))}
 
     def modules(self):
-        return {"denoiser": self.denoiser}
+        return {"denoiser": self.denoiser, "label_encoder": self.label_encoder}
 
     def param_groups(self):
-        return {"main": list(self.denoiser.parameters())}
+        return {"main": [p for m in self.modules().values() for p in m.parameters()]}
 
     def ema_modules(self):
-        return ["denoiser"]
+        return list(self.modules())
 
     def num_examples(self):
         return len(self.moments["global_mean"])
 
     def batch(self, indices, device):
-        return {k: v[indices].to(device) for k, v in self.moments.items()}
+        return {**{k: v[indices].to(device) for k, v in self.moments.items()}, "labels": self.labels[indices]}
 
     def losses(self, batch, random, step):
         z0 = batch["global_mean"] + batch["global_std"] * random.randn_like(batch["global_mean"])
         h = batch["points_mean"] + batch["points_std"] * random.randn_like(batch["points_mean"])
         z0, h = self.vae.global_stats.normalize(z0), self.vae.point_stats.normalize(h)
+        labels = batch["labels"].clone()
+        labels[random.rand(len(labels)).cpu() < self.cfg_dropout] = self.label_encoder.null_index
         t = random.draw(self.loss.time_sampler, len(h), self.denoiser.schedule)
-        loss = self.loss(self.denoiser, h, z0, t=t, noise=random.randn_like(h)).mean()
+        cond = point_condition(z0, self.label_encoder, labels)
+        loss = self.loss(self.denoiser, h, cond, t=t, noise=random.randn_like(h)).mean()
         return {"main": loss}, {"loss": float(loss.detach())}
 
     def finalize(self):
@@ -121,7 +135,7 @@ class PointPriorStage:
     @torch.no_grad()
     def preview(self, step, out_dir: Path):
         if self.preview_fn is not None:
-            self.preview_fn(self.denoiser, out_dir)
+            self.preview_fn(self.denoiser, self.label_encoder, out_dir)
 
 
 def build_vae(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> PointCloudVAE:
@@ -136,8 +150,9 @@ def build_global_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
     return make_denoiser(cfg, instantiate(cfg.backbone.global_prior)(dim=vae.global_dim, cond_dim=label_encoder.dim))
 
 
-def build_point_denoiser(cfg: DictConfig, vae: PointCloudVAE):
-    return make_denoiser(cfg, instantiate(cfg.backbone.point_prior)(point_dim=vae.point_dim, cond_dim=vae.global_dim))
+def build_point_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
+    backbone = instantiate(cfg.backbone.point_prior)(point_dim=vae.point_dim, cond_dim=vae.global_dim + label_encoder.dim)
+    return make_denoiser(cfg, backbone)
 
 
 def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
@@ -154,14 +169,16 @@ def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device)
                                     instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, device=device,
                                     name="global_prior")
     if stage == "point_prior":
-        denoiser = build_point_denoiser(cfg, vae)
+        label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
+        denoiser = build_point_denoiser(cfg, vae, label_encoder)
 
-        def preview(point_denoiser, out_dir: Path):
+        def preview(point_denoiser, point_labels, out_dir: Path):
             from modalities.shape.pointcloud_pipeline import PointCloudPipeline
 
-            pipeline = PointCloudPipeline(cfg, run_dir, device, point_denoiser=point_denoiser)
+            pipeline = PointCloudPipeline(cfg, run_dir, device, point_prior=(point_denoiser, point_labels))
             pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 
-        return PointPriorStage(denoiser, vae, data["points"], instantiate(cfg.loss), device, preview=preview)
+        return PointPriorStage(denoiser, vae, data["points"], class_indices(data["labels"], label_names), label_encoder,
+                               instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout, preview=preview)
     raise ValueError(f"the point-cloud modality has stages 'autoencoder', 'global_prior' and 'point_prior', "
                      f"not '{stage}'")

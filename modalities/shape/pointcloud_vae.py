@@ -6,6 +6,9 @@ over each centre's neighbourhood, max pooled into q(z₀|x); each latent point's
 plus a learned offset (and features), given its local feature and z₀. Decoder: a small transformer over
 the latent points modulated by z₀; each latent point emits K = P/M output points as offsets from its
 own coordinates, so latent points are where the surface is (LION's latent points are a point cloud).
+Each child maps a random 2-D seed through an MLP onto the latent point's surface patch (AtlasNet,
+Groueix et al. 2018): decoded clouds are fresh random samples of the surface, with the point statistics
+of the data, rather than one fixed pattern that set metrics such as 1-NNA would single out.
 Training objective: Chamfer reconstruction + KL of both levels (``pointcloud_vae_loss``).
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from shared.autoencoder import DiagonalGaussian, LatentStatistics
 class PointCloudVAE(nn.Module):
     def __init__(self, num_points: int = 2048, num_latent_points: int = 128, point_features: int = 4,
                  global_dim: int = 64, width: int = 128, k: int = 24, decoder_depth: int = 2, heads: int = 4,
-                 init_logvar: float = -6.0):
+                 init_logvar: float = -6.0, seed_dim: int = 2):
         super().__init__()
         if num_points % num_latent_points:
             raise ValueError(f"num_points={num_points} must be a multiple of num_latent_points={num_latent_points}")
@@ -40,8 +43,10 @@ class PointCloudVAE(nn.Module):
         self.point_embed = nn.Linear(self.point_dim, width)
         self.global_embed = mlp(global_dim, width, width, last_activation=False)
         self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(decoder_depth))
-        self.children_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(),
-                                           nn.Linear(width, 3 * self.children_per_point))
+        self.seed_dim = seed_dim
+        self.patch_context = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+        self.patch_seed = nn.Linear(seed_dim, width, bias=False)
+        self.patch_map = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 3))
         # latent statistics of both levels, estimated after training, stored with the weights
         self.global_stats = LatentStatistics(global_dim, channel_dim=-1)
         self.point_stats = LatentStatistics(self.point_dim, channel_dim=-1)
@@ -62,33 +67,49 @@ class PointCloudVAE(nn.Module):
         mean = torch.cat([centres + mean[..., :3], mean[..., 3:]], -1)
         return global_posterior, DiagonalGaussian(mean, logvar)
 
-    def decode(self, z_global: torch.Tensor, z_points: torch.Tensor) -> torch.Tensor:
-        """(z₀ [B, G], h [B, M, 3 + D]) -> points [B, M·K, 3]."""
+    def decode(self, z_global: torch.Tensor, z_points: torch.Tensor, seeds: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """(z₀ [B, G], h [B, M, 3 + D]) -> points [B, M·K, 3]; ``seeds`` [B, M, K, seed_dim] are the
+        children's patch coordinates (default: standard normal draws from ``generator``)."""
+        b, m, _ = z_points.shape
+        if seeds is None:
+            seeds = torch.randn(b, m, self.children_per_point, self.seed_dim, generator=generator)
         c = self.global_embed(z_global.float())
         tokens = self.point_embed(z_points.float())
         for block in self.blocks:
             tokens = block(tokens, c)
-        offsets = self.children_head(tokens).unflatten(-1, (self.children_per_point, 3))
-        return (z_points[..., None, :3].float() + offsets).flatten(1, 2)
+        offsets = self.patch_map(self.patch_context(tokens)[:, :, None] + self.patch_seed(seeds.to(tokens)))
+        return (z_points[..., None, :3].float() + offsets.float()).flatten(1, 2)
 
     def forward(self, x, sample: bool = True, generator: torch.Generator | None = None):
         global_posterior, point_posterior = self.encode(x)
         pick = (lambda q: q.sample(generator)) if sample else (lambda q: q.mode())
-        return self.decode(pick(global_posterior), pick(point_posterior)), (global_posterior, point_posterior)
+        reconstruction = self.decode(pick(global_posterior), pick(point_posterior), generator=generator)
+        return reconstruction, (global_posterior, point_posterior)
 
-    def decode_latent(self, z_global: torch.Tensor, z_points: torch.Tensor) -> torch.Tensor:
+    def decode_latent(self, z_global: torch.Tensor, z_points: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised latents (diffusion samples) -> points."""
-        return self.decode(self.global_stats.denormalize(z_global), self.point_stats.denormalize(z_points))
+        return self.decode(self.global_stats.denormalize(z_global), self.point_stats.denormalize(z_points),
+                           generator=generator)
 
     @torch.no_grad()
-    def estimate_latent_statistics(self, batches) -> None:
-        """Per-channel shift/scale of both levels' posterior means over the data (LDM's latent scaling)."""
+    def estimate_latent_statistics(self, batches, seed: int = 0) -> None:
+        """Per-channel shift/scale of both levels' posterior samples over the data (LDM's scale-by-std):
+        samples, not means, since the priors are trained on samples — a level whose posterior stays
+        near N(0, I) would otherwise be blown up by the tiny spread of its means."""
         was_training = self.training
         self.eval()
-        means = [tuple(q.mean.float() for q in self.encode(x)) for x in batches]
-        self.global_stats.estimate(torch.cat([g for g, _ in means]), per_channel=True)
-        self.point_stats.estimate(torch.cat([p for _, p in means]), per_channel=True)
+        generator = torch.Generator().manual_seed(seed)
+        samples = [tuple(self._sample(q, generator) for q in self.encode(x)) for x in batches]
+        self.global_stats.estimate(torch.cat([g for g, _ in samples]), per_channel=True)
+        self.point_stats.estimate(torch.cat([p for _, p in samples]), per_channel=True)
         self.train(was_training)
+
+    @staticmethod
+    def _sample(posterior: DiagonalGaussian, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+        return (posterior.mean + posterior.std * noise).float()
 
 
 def chamfer_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
