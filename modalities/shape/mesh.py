@@ -51,9 +51,23 @@ def mesh_from_grid(values: np.ndarray, bound: float, level: float = 0.0) -> trim
     return trimesh.Trimesh(vertices=vertices - bound, faces=faces, process=True)
 
 
+def drop_small_components(mesh: trimesh.Trimesh, min_fraction: float) -> trimesh.Trimesh:
+    """Keep the connected components whose area is at least ``min_fraction`` of the largest one's:
+    removes the small "floaters" a learned SDF leaves where its sign is wrong far from the surface."""
+    if min_fraction <= 0 or len(mesh.faces) == 0:
+        return mesh
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    largest = max(part.area for part in parts)
+    return trimesh.util.concatenate([part for part in parts if part.area >= min_fraction * largest])
+
+
 def extract_mesh(sdf: Callable[[torch.Tensor], torch.Tensor], resolution: int = 64, bound: float = 1.1,
-                 level: float = 0.0, chunk: int = 65_536, device="cpu") -> trimesh.Trimesh:
-    return mesh_from_grid(evaluate_grid(sdf, resolution, bound, chunk, device), bound, level)
+                 level: float = 0.0, chunk: int = 65_536, device="cpu",
+                 min_component_fraction: float = 0.0) -> trimesh.Trimesh:
+    mesh = mesh_from_grid(evaluate_grid(sdf, resolution, bound, chunk, device), bound, level)
+    return drop_small_components(mesh, min_component_fraction)
 
 
 def sample_mesh_points(mesh: trimesh.Trimesh, num_points: int, seed: int) -> np.ndarray:

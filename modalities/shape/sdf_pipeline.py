@@ -26,7 +26,7 @@ def latents_to_meshes(cfg: DictConfig, autoencoder, z: torch.Tensor, normalized:
     meshes, points = [], []
     for i in range(len(z)):
         mesh = extract_mesh(lambda q: decode(z[i:i + 1], q[None].to(device))[0], settings.resolution, settings.bound,
-                            settings.level, device=device)
+                            settings.level, device=device, min_component_fraction=settings.min_component_fraction)
         meshes.append(mesh)
         points.append(torch.from_numpy(sample_mesh_points(mesh, cfg.data.num_points, seed=seed + i)))
     return meshes, torch.stack(points)
