@@ -94,3 +94,23 @@ class SetAbstraction(nn.Module):
         flat_features = features.flatten(0, 1) if features is not None else None
         out = self.conv((flat_features, None), (points.flatten(0, 1), centres.flatten(0, 1)), edges)
         return out.view(b, m, -1)
+
+
+class PointNetPlusPlusEncoder(nn.Module):
+    """Two PointNet++ levels (Qi et al. 2017, §3.2): a set abstraction over each centre's k nearest
+    points, then "group all" — a PointNet over [local feature, centre coordinates], max pooled.
+
+    Absolute coordinates enter both levels (as PointNet++ concatenates xyz to its features): local
+    PointNets see only offsets p_j − p_i, so without them a max-pooled code records which local patches
+    a shape has but not where they are, and cannot tell a box's extents or a cylinder's height.
+    """
+
+    def __init__(self, width: int, out_features: int, k: int = 16):
+        super().__init__()
+        self.local = SetAbstraction(3, width, width, k=k)
+        self.group_all = mlp(width + 3, 2 * width, out_features, last_activation=False)
+
+    def forward(self, points: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points [B, N, 3], centres [B, M, 3] -> (local features [B, M, width], global feature [B, out])."""
+        local = self.local(points, points, centres)
+        return local, self.group_all(torch.cat([local, centres.to(local.dtype)], -1)).max(1).values

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from modalities.blocks import DiTBlock
-from modalities.shape.point_layers import SetAbstraction, farthest_point_sample, gather_points, mlp, nearest_index
+from modalities.shape.point_layers import (PointNetPlusPlusEncoder, farthest_point_sample, gather_points, mlp,
+                                          nearest_index)
 from shared.autoencoder import DiagonalGaussian, LatentStatistics
 
 
@@ -32,8 +33,8 @@ class PointCloudVAE(nn.Module):
         self.children_per_point = num_points // num_latent_points
         self.point_dim, self.global_dim = 3 + point_features, global_dim
         # encoder
-        self.local = SetAbstraction(0, width, width, k=k)
-        self.global_head = mlp(width, 2 * width, 2 * global_dim, last_activation=False)
+        self.encoder = PointNetPlusPlusEncoder(width, 2 * width, k=k)
+        self.global_head = mlp(2 * width, 2 * width, 2 * global_dim, last_activation=False)
         self.point_head = mlp(width + global_dim, width, 2 * self.point_dim, last_activation=False)
         for head in (self.global_head, self.point_head):  # start near the mean with a small, fixed spread
             nn.init.zeros_(head[-1].weight)
@@ -60,8 +61,8 @@ class PointCloudVAE(nn.Module):
         x = x.float()
         if centres is None:
             centres = gather_points(x, farthest_point_sample(x, num_latent_points or self.num_latent_points))
-        local = self.local(x, None, centres)
-        global_posterior = DiagonalGaussian.from_parameters(self.global_head(local.max(1).values), dim=-1)
+        local, pooled = self.encoder(x, centres)
+        global_posterior = DiagonalGaussian.from_parameters(self.global_head(pooled), dim=-1)
         z0 = global_posterior.mean[:, None].expand(-1, centres.shape[1], -1)
         mean, logvar = self.point_head(torch.cat([local, z0], -1)).chunk(2, dim=-1)
         mean = torch.cat([centres + mean[..., :3], mean[..., 3:]], -1)

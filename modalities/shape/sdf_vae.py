@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from modalities.shape.point_layers import SetAbstraction, farthest_point_sample, gather_points, mlp
+from modalities.shape.point_layers import PointNetPlusPlusEncoder, farthest_point_sample, gather_points, mlp
 from shared.autoencoder import DiagonalGaussian, FirstStage
 
 
@@ -23,14 +23,15 @@ def fourier_features(x: torch.Tensor, octaves: int) -> torch.Tensor:
 
 
 class ImplicitDecoder(nn.Module):
-    """f(x, z): residual SiLU MLP on Fourier features of x, z added into every block (FiLM-free
-    conditioning in the spirit of DeepSDF's latent skip connection)."""
+    """f(x, z): residual SiLU MLP on Fourier features of x, each block's input modulated by z through
+    FiLM (Perez et al. 2018), h ← h + MLP(LN(h)·(1 + γ_k(z)) + β_k(z)): a latent-dependent scale, not
+    only a bias, so a few latent directions can move a box's faces independently."""
 
     def __init__(self, latent_dim: int, width: int = 128, depth: int = 4, octaves: int = 4):
         super().__init__()
         self.octaves = octaves
         self.embed = nn.Linear(3 * (1 + 2 * octaves), width)
-        self.latent = nn.Linear(latent_dim, width * depth)
+        self.latent = nn.Linear(latent_dim, 2 * width * depth)
         self.blocks = nn.ModuleList(mlp(width, width, width, last_activation=False) for _ in range(depth))
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
         self.out = nn.Linear(width, 1)
@@ -38,9 +39,9 @@ class ImplicitDecoder(nn.Module):
     def forward(self, queries: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """queries [B, Q, 3], z [B, Z] -> sdf [B, Q]."""
         h = self.embed(fourier_features(queries, self.octaves))
-        latents = self.latent(z)[:, None].chunk(len(self.blocks), dim=-1)
-        for block, norm, latent in zip(self.blocks, self.norms, latents):
-            h = h + block(norm(h) + latent)
+        films = self.latent(z)[:, None].chunk(2 * len(self.blocks), dim=-1)
+        for block, norm, scale, shift in zip(self.blocks, self.norms, films[0::2], films[1::2]):
+            h = h + block(norm(h) * (1 + scale) + shift)
         return self.out(h)[..., 0]
 
 
@@ -49,8 +50,8 @@ class SDFAutoencoder(FirstStage):
                  decoder_width: int = 128, decoder_depth: int = 4, octaves: int = 4, init_logvar: float = -6.0):
         super().__init__(latent_dim, channel_dim=-1)
         self.num_centres = num_centres
-        self.local = SetAbstraction(0, width, width, k=k)
-        self.head = mlp(width, 2 * width, 2 * latent_dim, last_activation=False)
+        self.encoder = PointNetPlusPlusEncoder(width, 2 * width, k=k)
+        self.head = mlp(2 * width, 2 * width, 2 * latent_dim, last_activation=False)
         nn.init.zeros_(self.head[-1].weight)
         nn.init.constant_(self.head[-1].bias, init_logvar)
         self.head[-1].bias.data[:latent_dim] = 0.0
@@ -61,7 +62,7 @@ class SDFAutoencoder(FirstStage):
         surface = surface.float()
         if centres is None:
             centres = gather_points(surface, farthest_point_sample(surface, min(self.num_centres, surface.shape[1])))
-        return DiagonalGaussian.from_parameters(self.head(self.local(surface, None, centres).max(1).values), dim=-1)
+        return DiagonalGaussian.from_parameters(self.head(self.encoder(surface, centres)[1]), dim=-1)
 
     def decode(self, z: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         return self.decoder(queries.to(z.dtype), z)

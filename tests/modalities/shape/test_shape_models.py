@@ -7,7 +7,7 @@ import torch
 from modalities.shape.backbones import PointTransformerBackbone, VectorMLPBackbone
 from modalities.shape.mesh import extract_mesh, mesh_from_grid, sample_mesh_points
 from modalities.shape.metrics import chamfer_distance
-from modalities.shape.point_layers import farthest_point_sample, knn_edges, nearest_index
+from modalities.shape.point_layers import PointNetPlusPlusEncoder, farthest_point_sample, gather_points, knn_edges, nearest_index
 from modalities.shape.pointcloud_vae import PointCloudVAE, chamfer_loss
 from modalities.shape.sdf_vae import SDFAutoencoder, clamped_l1, fourier_features
 
@@ -45,6 +45,21 @@ def test_knn_edges_and_nearest_index_match_brute_force():
             assert mine == brute
     index = nearest_index(targets, points)
     assert torch.equal(index, torch.cdist(targets, points).argmin(-1))
+
+
+def test_pointnet_plus_plus_code_knows_where_the_patches_are():
+    """Offsets alone (p_j − p_i) make a max-pooled code blind to position: it could not tell a box's
+    extents apart. The encoder's global code must be permutation-invariant but see translations and
+    anisotropic scalings (two boxes of different extents)."""
+    torch.manual_seed(0)
+    encoder = PointNetPlusPlusEncoder(width=32, out_features=16, k=8).eval()
+    cloud = torch.rand(1, 256, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    centres = lambda x: gather_points(x, farthest_point_sample(x, 32))
+    code = encoder(cloud, centres(cloud))[1]
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(encoder(cloud[:, perm], centres(cloud[:, perm]))[1], code, rtol=1e-5, atol=1e-6)
+    for moved in (cloud + torch.tensor([0.3, 0.0, 0.0]), cloud * torch.tensor([1.0, 0.6, 1.0])):
+        assert (encoder(moved, centres(moved))[1] - code).abs().max() > 1e-2
 
 
 def test_chamfer_loss_equals_the_metric_and_has_gradients():
