@@ -144,7 +144,8 @@ def test_bad_partial_file_is_one_clear_error(pointcloud_run, tmp_path):
 
 def test_sdf_training_sampling_and_evaluation(sdf_run, tmp_path):
     l1 = losses(sdf_run, "autoencoder", "l1")
-    assert l1[-1] < 0.8 * l1[0], f"SDF L1 did not fall: {l1}"
+    first, last = sum(l1[:2]) / 2, sum(l1[-2:]) / 2  # logged every 5 steps; single values are noisy
+    assert last < 0.8 * first, f"SDF L1 did not fall: {l1}"
     assert sorted((sdf_run / "checkpoints" / "diffusion").glob("step_*.json"))
     out = mldm("sample", f"run_dir={sdf_run}", "num_samples=3", "steps=3", f"out_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-4000:]
