@@ -3,8 +3,8 @@ of M latent points h ∈ R^{M×(3+D)} — coordinates plus D features — condit
 
 Encoder: farthest-point-sampled centres, a PointNet++ set abstraction (torch-geometric ``PointNetConv``)
 over each centre's neighbourhood, then group-all over [feature, centre] max pooled into q(z₀|x)
-(``PointNetPlusPlusEncoder``); each latent point's posterior is its centre
-plus a learned offset (and features), given its local feature and z₀. Decoder: a small transformer over
+(``PointNetPlusPlusEncoder``); each latent point's posterior is its centre plus a learned offset (and
+features), given its local feature and z₀. Decoder: a small transformer over
 the latent points modulated by z₀; each latent point emits K = P/M output points as offsets from its
 own coordinates, so latent points are where the surface is (LION's latent points are a point cloud).
 Each child maps a random 2-D seed through an MLP onto the latent point's surface patch (AtlasNet,

@@ -7,7 +7,8 @@ import torch
 from modalities.shape.backbones import PointTransformerBackbone, VectorMLPBackbone
 from modalities.shape.mesh import extract_mesh, mesh_from_grid, sample_mesh_points
 from modalities.shape.metrics import chamfer_distance
-from modalities.shape.point_layers import PointNetPlusPlusEncoder, farthest_point_sample, gather_points, knn_edges, nearest_index
+from modalities.shape.point_layers import (PointNetPlusPlusEncoder, farthest_point_sample, gather_points, knn_edges,
+                                          nearest_index)
 from modalities.shape.pointcloud_vae import PointCloudVAE, chamfer_loss
 from modalities.shape.sdf_vae import SDFAutoencoder, clamped_l1, fourier_features
 
