@@ -13,6 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from modalities.shape.data import Primitives
+from modalities.shape.point_layers import farthest_point_sample, gather_points
+from modalities.shape.pointcloud_vae import chamfer_loss
+
 REPO = Path(__file__).resolve().parents[3]
 SMALL_DATA = ["data.num_samples=48", "data.num_points=512", "device=cpu", "trainer.log_every=5",
               "trainer.precision=fp32"]
@@ -21,7 +25,8 @@ POINTCLOUD = ["experiment=pointcloud_tiny", *SMALL_DATA,
               "autoencoder.k=8", "autoencoder.decoder_depth=1",
               "backbone.global_prior.width=32", "backbone.global_prior.depth=1",
               "backbone.point_prior.width=32", "backbone.point_prior.depth=1",
-              "stages.autoencoder.max_steps=60", "stages.autoencoder.batch_size=8", "trainer.log_every=2",
+              "stages.autoencoder.max_steps=100", "stages.autoencoder.lr=3.0e-3", "stages.autoencoder.batch_size=8",
+              "trainer.log_every=2",
               "stages.autoencoder.checkpoint_every=0",
               "stages.global_prior.max_steps=10", "stages.global_prior.batch_size=16",
               "stages.global_prior.checkpoint_every=0",
@@ -76,7 +81,14 @@ def test_pointcloud_training_runs_all_three_stages_and_the_autoencoder_learns(po
         assert losses(pointcloud_run, stage), f"no {stage} rows in metrics.csv"
     chamfer = losses(pointcloud_run, "autoencoder", "chamfer")
     first, last = sum(chamfer[:5]) / 5, sum(chamfer[-5:]) / 5  # per-step values are noisy (random seeds)
-    assert last < 0.8 * first, f"Chamfer loss did not fall: {chamfer}"
+    # The untrained decoder's start depends on the seed and the CPU's float rounding, so the learning is
+    # also measured against a fixed bar: each latent point repeated in place of its patch, the Chamfer
+    # the latent points' positions give for free (0.045 here; 6 seeds end at 0.020-0.028).
+    data = Primitives(num_samples=48, num_points=512, cache_dir=pointcloud_run.parent / "cache")
+    x = torch.stack([torch.as_tensor(data[i]["points"]) for i in range(len(data))]).float()
+    centres = gather_points(x, farthest_point_sample(x, 32)).repeat_interleave(512 // 32, dim=1)
+    centres_only = chamfer_loss(x, centres).mean().item()
+    assert last < 0.8 * first and last < 0.8 * centres_only, f"Chamfer {chamfer} vs centres only {centres_only}"
     preview = pointcloud_run / "samples" / "point_prior" / "step_00000010"
     assert (preview / "preview.png").exists() and len(list(preview.glob("*.ply"))) == 5
 
