@@ -37,7 +37,8 @@ SDF = ["experiment=sdf_tiny", *SMALL_DATA, "data.sdf_near=768", "data.sdf_unifor
        "autoencoder.latent_dim=16", "autoencoder.num_centres=32", "autoencoder.k=8", "autoencoder.width=32",
        "autoencoder.decoder_width=32", "autoencoder.decoder_depth=2", "modality.autoencoder_training.queries=256",
        "backbone.width=32", "backbone.depth=1", "modality.mesh.resolution=24",
-       "stages.autoencoder.max_steps=40", "stages.autoencoder.batch_size=8", "stages.autoencoder.checkpoint_every=0",
+       "stages.autoencoder.max_steps=80", "stages.autoencoder.lr=2.0e-3", "stages.autoencoder.warmup_steps=10",
+       "stages.autoencoder.batch_size=8", "stages.autoencoder.checkpoint_every=0",
        "stages.diffusion.max_steps=10", "stages.diffusion.batch_size=16", "stages.diffusion.checkpoint_every=0",
        "trainer.sample_every=10", "trainer.sample_count=3", "trainer.sample_steps=2"]
 
@@ -156,7 +157,7 @@ def test_bad_partial_file_is_one_clear_error(pointcloud_run, tmp_path):
 
 def test_sdf_training_sampling_and_evaluation(sdf_run, tmp_path):
     l1 = losses(sdf_run, "autoencoder", "l1")
-    first, last = sum(l1[:2]) / 2, sum(l1[-2:]) / 2  # logged every 5 steps; single values are noisy
+    first, last = sum(l1[:2]) / 2, sum(l1[-2:]) / 2  # logged every 5 steps; 6 seeds: last/first 0.38-0.46
     assert last < 0.8 * first, f"SDF L1 did not fall: {l1}"
     assert sorted((sdf_run / "checkpoints" / "diffusion").glob("step_*.json"))
     out = mldm("sample", f"run_dir={sdf_run}", "num_samples=3", "steps=3", f"out_dir={tmp_path}")
