@@ -29,12 +29,16 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
+from timing import time_side_by_side  # noqa: E402
 
 from modalities.shape.data import (
     PRIMITIVE_KINDS,
@@ -56,20 +60,6 @@ QUICK = {"nn_clouds": 4, "nn_points": 512, "pair_clouds": 8, "pair_points": 256,
 TIE_TOLERANCE = 1e-5     # float64 squared-distance gap under which two different neighbours count as a tie
 SPHERE_RADIUS, GRID_BOUND = 0.8, 1.1
 
-
-def time_side_by_side(fns: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved (a, b, c, a, b, c, ...) so that
-    load changes on a shared machine hit every method alike."""
-    if warmup:
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def surface_clouds(count: int, points: int, seed: int, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,13 +5,13 @@ where they apply) and the raw arrays in ``samples.npz``. ``load_image_samples`` 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from shared.atomic_files import atomic_write
 
 INDEX_FILE, ARRAYS_FILE, GRID_FILE = "samples.jsonl", "samples.npz", "grid.png"
 GRID_BORDER = 255           # white 1-px lines between tiles (shapes2d backgrounds are black)
@@ -51,17 +51,6 @@ def make_grid(images_hwc: np.ndarray, per_row: int = 8) -> np.ndarray:
 def _pil(image_hwc: np.ndarray) -> Image.Image:
     return Image.fromarray(image_hwc[..., 0] if image_hwc.shape[-1] == 1 else image_hwc)
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename over it."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _previous_files(out_dir: Path) -> set[str]:
@@ -115,9 +104,9 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
     if save_float:
         values = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         arrays["images_float"] = values.astype(np.float32)
-    _atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
     lines = "".join(json.dumps(record) + "\n" for record in records)
-    _atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
+    atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
     return out_dir
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
+
+from shared.atomic_files import atomic_savez
 
 from .mesh_sdf import signed_distance
 
@@ -79,20 +80,6 @@ def sample_sdf(mesh: trimesh.Trimesh, rng: np.random.Generator, near: int = 6144
     points = np.concatenate([surface + offsets, box]).astype(np.float32)
     return points, signed_distance(mesh, points)
 
-
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _ShapeSet(torch.utils.data.Dataset):
@@ -191,7 +178,7 @@ class _ShapeSet(torch.utils.data.Dataset):
                 arrays[key] = np.stack([it[key] for it in items]) if items \
                     else np.zeros(self._expected_shapes()[key], np.float32)
             if self.cache_path is not None:
-                _atomic_savez(self.cache_path, {**arrays, **self._cache_extras()})
+                atomic_savez(self.cache_path, {**arrays, **self._cache_extras()})
         return {key: torch.from_numpy(np.ascontiguousarray(arrays[key])) for key in self._expected_shapes()}
 
 

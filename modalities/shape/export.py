@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-from modalities.image.export import _atomic_write
+from shared.atomic_files import atomic_write
 
 INDEX_FILE, ARRAYS_FILE, PREVIEW_FILE = "samples.jsonl", "samples.npz", "preview.png"
 RESERVED_KEYS = {"file", "label", "prompt", "seed", "empty"}
@@ -123,7 +123,7 @@ def _render_preview(path: Path, points: np.ndarray, titles: list, meshes=None, p
             axes.text2D(0.5, 0.98, str(titles[i]), transform=axes.transAxes, ha="center", va="top",
                         fontsize=8)                          # inside the tile: never clipped
     figure.subplots_adjust(0, 0, 1, 1, 0, 0)
-    _atomic_write(path, lambda f: canvas.print_png(f))
+    atomic_write(path, lambda f: canvas.print_png(f))
 
 
 def _write_directory(out_dir: Path, kind: str, files: list, records: list[dict], points: np.ndarray,
@@ -140,9 +140,9 @@ def _write_directory(out_dir: Path, kind: str, files: list, records: list[dict],
     arrays = {"points": points, "kind": np.array(kind)}
     if labels is not None:
         arrays["labels"] = np.asarray([int(x) for x in labels], dtype=np.int64)
-    _atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
     lines = "".join(json.dumps(record) + "\n" for record in records)
-    _atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
+    atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
     return out_dir
 
 
@@ -171,7 +171,7 @@ def export_point_clouds(out_dir, points, labels=None, label_names: list[str] | N
     files = _file_names(len(array), ".ply")
     for name, cloud in zip(files, array):
         data = trimesh.PointCloud(cloud).export(file_type="ply")
-        _atomic_write(out_dir / name, lambda f, data=data: f.write(data))
+        atomic_write(out_dir / name, lambda f, data=data: f.write(data))
     return _write_directory(out_dir, "point_clouds", files, records, array, labels, None, preview_max)
 
 
@@ -201,7 +201,7 @@ def export_meshes(out_dir, meshes: list, points, labels=None, label_names: list[
             continue
         data = mesh.export(file_type=mesh_format)
         data = data.encode("utf-8") if isinstance(data, str) else data
-        _atomic_write(out_dir / name, lambda f, data=data: f.write(data))
+        atomic_write(out_dir / name, lambda f, data=data: f.write(data))
         files.append(name)
     return _write_directory(out_dir, "meshes", files, records, array, labels, meshes, preview_max)
 

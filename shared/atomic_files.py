@@ -1,0 +1,32 @@
+"""Files that appear whole or not at all: write to a temporary file beside the target, then rename
+(``os.replace`` is atomic on one filesystem), so a reader or a crashed run never sees half a file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write through ``write(binary_file)`` into a temporary file beside ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_savez(path: str | os.PathLike, arrays: dict, compressed: bool = False) -> None:
+    """``np.savez`` (or ``savez_compressed``) of ``arrays`` to ``path``, atomically."""
+    save = np.savez_compressed if compressed else np.savez
+    atomic_write(path, lambda file: save(file, **arrays))
