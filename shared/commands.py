@@ -27,6 +27,14 @@ def build_pipeline(cfg: DictConfig, with_model: bool = True):
     return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
 
 
+def guided_sampler(cfg: DictConfig, guidance_scale: float | None):
+    """The configured sampler and guidance wrapper factory; ``guidance_scale`` replaces the config's."""
+    guidance = instantiate(cfg.guidance)
+    if guidance_scale is not None and hasattr(guidance, "keywords") and "scale" in guidance.keywords:
+        guidance.keywords["scale"] = guidance_scale
+    return instantiate(cfg.sampler), guidance
+
+
 def user_errors(command: str):
     """Bad input (a missing run, an unreadable file, an unknown class) ends in one line naming it, exit 2."""
     def wrap(function):

@@ -12,6 +12,7 @@ from modalities.image.components import (build_conditioner, build_denoiser, buil
                                          load_images)
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
+from shared.commands import guided_sampler
 from shared.conditioning import ClassLabelEncoder
 from shared.stage_tasks import as_condition
 from shared.training.checkpoint import load_stage_weights
@@ -34,10 +35,7 @@ def generate(cfg: DictConfig, denoiser, first_stage, conditioner, prompts: list[
              device, guidance_scale: float | None = None, batch_size: int = 256) -> torch.Tensor:
     """Images in [-1, 1] for ``prompts``: sampler and guidance from the config, one seed per batch."""
     channels, size = latent_shape(cfg, first_stage)
-    sampler = instantiate(cfg.sampler)
-    guidance = instantiate(cfg.guidance)
-    if guidance_scale is not None and hasattr(guidance, "keywords") and "scale" in guidance.keywords:
-        guidance.keywords["scale"] = guidance_scale
+    sampler, guidance = guided_sampler(cfg, guidance_scale)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]

@@ -90,13 +90,17 @@ class MoleculeAutoencoder(nn.Module):
     def __init__(self, num_atom_types: int = len(QM9_ELEMENTS), latent_features: int = 1, hidden: int = 128,
                  encoder_blocks: int = 1, decoder_blocks: int = 4, inv_sublayers: int = 1,
                  include_charges: bool = False, elements: tuple[str, ...] = QM9_ELEMENTS,
-                 charge_scale: float = 10.0, init_logvar: float = -6.0, attention: bool = True, tanh: bool = True,
+                 charge_scale: float = 10.0, init_logvar: float = -6.0, min_position_std: float = 0.0,
+                 attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0):
         super().__init__()
         if include_charges and len(elements) != num_atom_types:
             raise ValueError(f"{num_atom_types} atom types but {len(elements)} elements to take charges from")
         self.num_atom_types, self.latent_features = num_atom_types, latent_features
         self.include_charges, self.charge_scale = include_charges, charge_scale
+        # a floor on z_x's posterior std (Å): the decoder then always sees latents that far off the data
+        # and learns to pull them back onto valid geometry, which is the error the prior's samples make
+        self.min_position_logvar = 2 * math.log(min_position_std) if min_position_std > 0 else None
         if include_charges:
             self.register_buffer("atomic_numbers", torch.tensor([ATOMIC_NUMBERS[e] for e in elements]))
         egnn = dict(inv_sublayers=inv_sublayers, attention=attention, tanh=tanh, coords_range=coords_range,
@@ -134,6 +138,8 @@ class MoleculeAutoencoder(nn.Module):
         head, k = self.encoder_head(h_out), self.latent_features
         counts = torch.bincount(batch, minlength=num_molecules).clamp(min=1)
         logvar_x = (_per_molecule(head[:, 0], batch, num_molecules) / counts)[batch, None]  # molecule mean
+        if self.min_position_logvar is not None:  # σ² = σ_learned² + σ_min²
+            logvar_x = torch.logaddexp(logvar_x, torch.full_like(logvar_x, self.min_position_logvar))
         mean = torch.cat([space.project(x_out), head[:, 1:1 + k]], dim=1)
         logvar = torch.cat([logvar_x.expand(-1, POSITION_DIMS), head[:, 1 + k:]], dim=1)
         return MoleculePosterior(mean, logvar, batch, num_molecules)

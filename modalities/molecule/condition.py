@@ -31,13 +31,16 @@ class MoleculeCondition:
         """The same graph with every property marked absent (the CFG ``uncond``)."""
         return replace(self, present=torch.zeros(self.num_molecules, dtype=torch.bool, device=self.batch.device))
 
+    def with_presence(self, keep: torch.Tensor) -> MoleculeCondition:
+        """Only the molecules where ``keep`` [M] is True keep their properties (CFG training dropout)."""
+        return replace(self, present=self.presence() & keep.to(self.batch.device).bool())
+
     def drop(self, p: float, generator: torch.Generator | None = None) -> MoleculeCondition:
         """Classifier-free-guidance training dropout: each molecule's properties absent with probability p."""
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         device = generator.device if generator is not None else self.batch.device
-        keep = torch.rand(self.num_molecules, generator=generator, device=device).to(self.batch.device) >= p
-        return replace(self, present=self.presence() & keep)
+        return self.with_presence(torch.rand(self.num_molecules, generator=generator, device=device) >= p)
 
     def presence(self) -> torch.Tensor:
         """[M] bool: which molecules have their properties."""

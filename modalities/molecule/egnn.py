@@ -16,7 +16,9 @@ included) whatever graph the caller passes (in practice: fully connected within 
 
 Messages flow from ``edge_index[0]`` (source j) to ``edge_index[1]`` (target i), the PyG convention.
 The per-edge maps (``messages``, ``shifts``) and per-node maps (``node_update``) take any leading
-dims, so ``egnn_dense`` runs the very same modules on padded [B, N, N, ·] pair tensors.
+dims, so ``egnn_dense`` runs the very same modules on padded [B, N, N, ·] pair tensors. The first
+layer of each edge MLP is split into its h_i, h_j and edge parts (``node_terms``), so the h parts are
+computed per node, not per edge: the same function, about a third of the per-edge work.
 """
 from __future__ import annotations
 
@@ -33,6 +35,20 @@ def edge_geometry(x_target: torch.Tensor, x_source: torch.Tensor,
     difference = x_target - x_source
     squared = difference.square().sum(-1, keepdim=True)
     return squared, difference / (torch.sqrt(squared + DISTANCE_EPS) + norm_constant)
+
+
+def node_terms(first_layer: nn.Linear, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W·[h_i, h_j, e] = W_i·h_i + W_j·h_j + W_e·e: the target and source parts of an edge MLP's first
+    layer, computed once per node instead of once per edge (E ≈ n² on fully connected molecules)."""
+    width = h.shape[-1]
+    return h @ first_layer.weight[:, :width].T, h @ first_layer.weight[:, width:2 * width].T
+
+
+def edge_layer(first_layer: nn.Linear, target_term: torch.Tensor, source_term: torch.Tensor,
+               edge_attr: torch.Tensor) -> torch.Tensor:
+    """The first layer's output per edge from the gathered node terms (same values as on the concatenation)."""
+    edge_weight = first_layer.weight[:, first_layer.in_features - edge_attr.shape[-1]:]
+    return target_term + source_term + edge_attr @ edge_weight.T + first_layer.bias
 
 
 def squared_distances(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
@@ -52,18 +68,21 @@ class GraphConvolution(MessagePassing):
         self.attention = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()) if attention else None
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
-    def messages(self, h_target: torch.Tensor, h_source: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        m = self.edge_mlp(torch.cat([h_target, h_source, edge_attr], dim=-1))
+    def messages(self, target_term: torch.Tensor, source_term: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Gated messages from the gathered ``node_terms(edge_mlp[0], h)``."""
+        m = self.edge_mlp[1:](edge_layer(self.edge_mlp[0], target_term, source_term, edge_attr))
         return m * self.attention(m) if self.attention is not None else m
 
     def node_update(self, h: torch.Tensor, summed_messages: torch.Tensor) -> torch.Tensor:
         return h + self.node_mlp(torch.cat([h, summed_messages / self.normalization_factor], dim=-1))
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        return self.node_update(h, self.propagate(edge_index, h=h, edge_attr=edge_attr))
+        target_term, source_term = node_terms(self.edge_mlp[0], h)
+        summed = self.propagate(edge_index, t=target_term, s=source_term, edge_attr=edge_attr, size=(len(h), len(h)))
+        return self.node_update(h, summed)
 
-    def message(self, h_i: torch.Tensor, h_j: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        return self.messages(h_i, h_j, edge_attr)
+    def message(self, t_i: torch.Tensor, s_j: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        return self.messages(t_i, s_j, edge_attr)
 
 
 class CoordinateUpdate(MessagePassing):
@@ -78,9 +97,10 @@ class CoordinateUpdate(MessagePassing):
         self.coord_mlp = nn.Sequential(nn.Linear(2 * hidden + edge_features, hidden), nn.SiLU(),
                                        nn.Linear(hidden, hidden), nn.SiLU(), last)
 
-    def shifts(self, h_target: torch.Tensor, h_source: torch.Tensor, edge_attr: torch.Tensor,
+    def shifts(self, target_term: torch.Tensor, source_term: torch.Tensor, edge_attr: torch.Tensor,
                direction: torch.Tensor) -> torch.Tensor:
-        weight = self.coord_mlp(torch.cat([h_target, h_source, edge_attr], dim=-1))
+        """Per-edge shifts from the gathered ``node_terms(coord_mlp[0], h)``."""
+        weight = self.coord_mlp[1:](edge_layer(self.coord_mlp[0], target_term, source_term, edge_attr))
         if self.tanh:  # bounds each edge's pull: |shift_ij| < coords_range
             weight = torch.tanh(weight) * self.coords_range
         return direction * weight
@@ -90,12 +110,14 @@ class CoordinateUpdate(MessagePassing):
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
                 direction: torch.Tensor) -> torch.Tensor:
-        summed = self.propagate(edge_index, h=h, edge_attr=edge_attr, direction=direction, size=(len(x), len(x)))
+        target_term, source_term = node_terms(self.coord_mlp[0], h)
+        summed = self.propagate(edge_index, t=target_term, s=source_term, edge_attr=edge_attr, direction=direction,
+                                size=(len(x), len(x)))
         return self.apply_shifts(x, summed)
 
-    def message(self, h_i: torch.Tensor, h_j: torch.Tensor, edge_attr: torch.Tensor,
+    def message(self, t_i: torch.Tensor, s_j: torch.Tensor, edge_attr: torch.Tensor,
                 direction: torch.Tensor) -> torch.Tensor:
-        return self.shifts(h_i, h_j, edge_attr, direction)
+        return self.shifts(t_i, s_j, edge_attr, direction)
 
 
 class EquivariantBlock(nn.Module):

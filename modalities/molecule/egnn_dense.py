@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from modalities.molecule.egnn import EGNN, edge_geometry
+from modalities.molecule.egnn import EGNN, edge_geometry, node_terms
 
 
 def pair_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -27,6 +27,12 @@ def _pairwise(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values[:, :, None].expand(b, n, n, c), values[:, None, :].expand(b, n, n, c)
 
 
+def _pair_terms(first_layer, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edge MLP's target term of atom i and source term of atom j, broadcast to [B, N, N, hidden]."""
+    target_term, source_term = node_terms(first_layer, h)
+    return _pairwise(target_term)[0], _pairwise(source_term)[1]
+
+
 def dense_egnn(model: EGNN, h: torch.Tensor, x: torch.Tensor,
                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``model`` on padded molecules: (h_out [B, N, out_features], x_out [B, N, 3])."""
@@ -39,8 +45,9 @@ def dense_egnn(model: EGNN, h: torch.Tensor, x: torch.Tensor,
         distances, direction = edge_geometry(*_pairwise(x), block.norm_constant)
         edge_attr = torch.cat([distances, input_distances], dim=-1)
         for sublayer in block.sublayers:
-            summed = (sublayer.messages(*_pairwise(h), edge_attr) * edges).sum(2)
+            summed = (sublayer.messages(*_pair_terms(sublayer.edge_mlp[0], h), edge_attr) * edges).sum(2)
             h = sublayer.node_update(h, summed) * nodes  # padding rows must stay finite and inert
-        summed = (block.coordinates.shifts(*_pairwise(h), edge_attr, direction) * edges).sum(2)
+        summed = (block.coordinates.shifts(*_pair_terms(block.coordinates.coord_mlp[0], h), edge_attr, direction)
+                  * edges).sum(2)
         x = block.coordinates.apply_shifts(x, summed)
     return model.embedding_out(h) * nodes, x * nodes

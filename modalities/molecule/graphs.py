@@ -9,12 +9,31 @@ For mean removal use the core's ``shared.spaces.ZeroCoMSpace(batch=batch.batch).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_dense_batch
+
+
+@dataclass
+class MoleculeBatch:
+    """Sparse rows of several molecules: ``batch[n]`` names each atom's molecule (sorted)."""
+    pos: torch.Tensor            # [n, 3] Å, as stored
+    atom_type: torch.Tensor      # [n] long
+    batch: torch.Tensor          # [n] long
+    properties: torch.Tensor     # [M, P]
+    rows: torch.Tensor           # [n] the atoms' rows in the packed arrays
+
+    @property
+    def num_molecules(self) -> int:
+        return self.properties.shape[0]
+
+    def to(self, device) -> MoleculeBatch:
+        return MoleculeBatch(*(t.to(device) for t in (self.pos, self.atom_type, self.batch, self.properties)),
+                             self.rows)
 
 
 class PackedMolecules(torch.utils.data.Dataset):
@@ -45,6 +64,16 @@ class PackedMolecules(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.num_atoms)
+
+    def gather(self, indices: torch.Tensor) -> MoleculeBatch:
+        """Molecules ``indices`` as one sparse batch (vectorised; the training loop's path, where
+        ``collate_molecules`` of ``Data`` items is the DataLoader's)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        counts = self.num_atoms[indices]
+        batch = torch.repeat_interleave(torch.arange(len(indices)), counts)
+        first_row = counts.cumsum(0) - counts
+        rows = self.offsets[indices][batch] + torch.arange(int(counts.sum())) - first_row[batch]
+        return MoleculeBatch(self.positions[rows], self.atom_types[rows], batch, self.properties[indices], rows)
 
     def __getitem__(self, index: int) -> Data:
         if not -len(self) <= index < len(self):

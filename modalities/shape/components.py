@@ -63,11 +63,3 @@ def parse_labels(prompt: str | None, num_samples: int, label_names: list[str]) -
 def label_conditions(encoder: ClassLabelEncoder, labels: torch.Tensor, device):
     """(conditional, null) condition objects for classifier-free guidance."""
     return (as_condition(encoder(labels.to(device))), as_condition(encoder.null(len(labels)).to(device)))
-
-
-def guided_sampler(cfg: DictConfig, guidance_scale: float | None):
-    """The configured sampler and guidance wrapper factory; ``guidance_scale`` replaces the config's."""
-    guidance = instantiate(cfg.guidance)
-    if guidance_scale is not None and hasattr(guidance, "keywords") and "scale" in guidance.keywords:
-        guidance.keywords["scale"] = guidance_scale
-    return instantiate(cfg.sampler), guidance

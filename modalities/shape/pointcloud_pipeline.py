@@ -9,11 +9,12 @@ import torch
 from omegaconf import DictConfig
 
 from modalities.shape.completion import complete
-from modalities.shape.components import (build_label_encoder, dataset_label_names, guided_sampler, label_conditions,
+from modalities.shape.components import (build_label_encoder, dataset_label_names, label_conditions,
                                          parse_labels)
 from modalities.shape.export import export_point_clouds, load_shape_samples, read_point_cloud
 from modalities.shape.pointcloud_task import build_global_denoiser, build_point_denoiser, build_vae, point_condition
 from modalities.shape.evaluation import compare_with_data, data_row
+from shared.commands import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 

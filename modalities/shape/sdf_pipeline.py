@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from modalities.shape.components import (build_label_encoder, dataset_label_names, guided_sampler, label_conditions,
+from modalities.shape.components import (build_label_encoder, dataset_label_names, label_conditions,
                                          load_shapes, parse_labels)
 from modalities.shape.evaluation import compare_with_data, data_row
 from modalities.shape.export import export_meshes, load_shape_samples
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
 from modalities.shape.sdf_task import build_autoencoder, build_latent_denoiser
+from shared.commands import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 

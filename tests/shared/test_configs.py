@@ -129,7 +129,14 @@ def _mesh_folder(tmp_path) -> list[str]:
     return [f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"]
 
 
-FOLDER_DATA = {("data", "image_folder"): _image_folder, ("data", "mesh_folder"): _mesh_folder}
+def _molecule_files(tmp_path) -> list[str]:
+    """data=molecule_files needs a real file: one water molecule as .xyz."""
+    (tmp_path / "water.xyz").write_text("3\nwater\nO 0 0 0.12\nH 0 0.76 -0.47\nH 0 -0.76 -0.47\n")
+    return [f"data.paths={tmp_path / 'water.xyz'}"]
+
+
+FOLDER_DATA = {("data", "image_folder"): _image_folder, ("data", "mesh_folder"): _mesh_folder,
+               ("data", "molecule_files"): _molecule_files}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

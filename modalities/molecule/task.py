@@ -1,0 +1,170 @@
+"""`mldm train` for molecules (GeoLDM, Xu et al. 2023, as two stages): the equivariant autoencoder
+into per-atom latents [z_x, z_h], then latent diffusion over them with zero-CoM noise on z_x
+(Hoogeboom et al. 2022, §3.2), optionally conditioned on properties with CFG dropout.
+
+Noise is drawn per atom row from the step's randomness, so resume is exact; with several processes
+each rank draws its own rows (molecules differ in size), so runs are not bit-identical across world
+sizes as the fixed-shape modalities are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from modalities.molecule.autoencoder import MoleculeAutoencoder, molecule_autoencoder_loss
+from modalities.molecule.components import (PropertyCondition, build_autoencoder, build_denoiser, load_molecules,
+                                            zero_com)
+from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
+from shared.losses import DenoisingScoreMatching, mean_per_item
+
+
+@torch.no_grad()
+def encode_all(autoencoder: MoleculeAutoencoder, molecules: PackedMolecules, device, batch_size: int = 512):
+    """Posterior mean and std of every atom of ``molecules`` (rows in the packed order), and the
+    molecule index of each row."""
+    means, stds = [], []
+    for start in range(0, len(molecules), batch_size):
+        part = molecules.gather(torch.arange(start, min(start + batch_size, len(molecules)))).to(device)
+        edges = fully_connected_edges(part.batch, part.num_molecules)
+        posterior = autoencoder.encode(part.atom_type, part.pos, part.batch, edges, part.num_molecules)
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
+    rows_batch = torch.repeat_interleave(torch.arange(len(molecules)), molecules.num_atoms)
+    return torch.cat(means), torch.cat(stds), rows_batch
+
+
+def draw_latent(mean: torch.Tensor, std: torch.Tensor, molecules: MoleculeBatch, random) -> torch.Tensor:
+    """z = mean + std·ε with ε's position part in the zero-CoM subspace (the posterior's own support)."""
+    noise = zero_com(molecules.batch, molecules.num_molecules).project(random.randn_like(mean))
+    return mean + std * noise
+
+
+class MoleculeAutoencoderStage:
+    name = "autoencoder"
+
+    def __init__(self, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules, kl_weight: float,
+                 charge_weight: float = 1.0, preview=None):
+        self.autoencoder, self.molecules, self.kl_weight = autoencoder, molecules, kl_weight
+        self.charge_weight, self.preview_fn = charge_weight, preview
+
+    def modules(self):
+        return {"autoencoder": self.autoencoder}
+
+    def param_groups(self):
+        return {"main": list(self.autoencoder.parameters())}
+
+    def ema_modules(self):
+        return []
+
+    def num_examples(self):
+        return len(self.molecules)
+
+    def batch(self, indices, device):
+        molecules = self.molecules.gather(indices).to(device)
+        return {"molecules": molecules, "edges": fully_connected_edges(molecules.batch, molecules.num_molecules)}
+
+    def losses(self, batch, random, step):
+        molecules, edges, model = batch["molecules"], batch["edges"], self.autoencoder
+        posterior = model.encode(molecules.atom_type, molecules.pos, molecules.batch, edges, molecules.num_molecules)
+        z = draw_latent(posterior.mean, posterior.std, molecules, random)
+        reconstruction = model.decode(z, molecules.batch, edges, molecules.num_molecules)
+        charges = model.charge_targets(molecules.atom_type) if model.include_charges else None
+        terms = molecule_autoencoder_loss(molecules.atom_type, molecules.pos, molecules.batch, reconstruction,
+                                          posterior, self.kl_weight, charges, self.charge_weight)
+        logs = {k: float(v.detach()) for k, v in terms.items()}
+        logs["loss"] = logs.pop("total")
+        return {"main": terms["total"]}, logs
+
+    @torch.no_grad()
+    def finalize(self):
+        """Latent statistics from posterior samples of the whole training set (what the prior sees)."""
+        device = next(self.autoencoder.parameters()).device
+        mean, std, rows_batch = encode_all(self.autoencoder, self.molecules, device)
+        noise = zero_com(rows_batch, len(self.molecules)).project(
+            torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)))
+        self.autoencoder.estimate_latent_statistics((mean + std * noise).to(device), rows_batch.to(device))
+
+    @torch.no_grad()
+    def preview(self, step, out_dir: Path):
+        if self.preview_fn is not None:
+            self.preview_fn(self.autoencoder, self.molecules, out_dir)
+
+
+class MoleculeDiffusionStage:
+    """Denoising score matching on the frozen autoencoder's normalised latents, in ZeroCoMSpace: the
+    loss is averaged over each molecule's (n − 1)·3 + n·k degrees of freedom."""
+
+    name = "diffusion"
+
+    def __init__(self, denoiser, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules,
+                 condition: PropertyCondition, loss: DenoisingScoreMatching, device, cfg_dropout: float = 0.1,
+                 preview=None):
+        self.denoiser, self.autoencoder, self.molecules, self.loss = denoiser, autoencoder, molecules, loss
+        self.condition, self.cfg_dropout, self.preview_fn = condition, cfg_dropout, preview
+        autoencoder.to(device).eval().requires_grad_(False)
+        self.mean, self.std, _ = encode_all(autoencoder, molecules, device)
+
+    def modules(self):
+        return {"denoiser": self.denoiser}
+
+    def param_groups(self):
+        return {"main": list(self.denoiser.parameters())}
+
+    def ema_modules(self):
+        return ["denoiser"]
+
+    def num_examples(self):
+        return len(self.molecules)
+
+    def batch(self, indices, device):
+        molecules = self.molecules.gather(indices)
+        return {"molecules": molecules.to(device), "mean": self.mean[molecules.rows].to(device),
+                "std": self.std[molecules.rows].to(device)}
+
+    def losses(self, batch, random, step):
+        molecules = batch["molecules"]
+        space = zero_com(molecules.batch, molecules.num_molecules)
+        z = self.autoencoder.normalize_latent(draw_latent(batch["mean"], batch["std"], molecules, random))
+        cond = self.condition.condition(molecules, z.device)
+        if cond.properties is not None:  # CFG dropout: the property marked absent
+            keep = random.rand(molecules.num_molecules).to(z.device) >= self.cfg_dropout
+            cond = cond.with_presence(keep)
+        t = random.draw(self.loss.time_sampler, molecules.num_molecules, self.denoiser.schedule).to(z.device)
+        per_element = self.loss(self.denoiser, z, cond, space=space, t=t, noise=random.randn_like(z))
+        loss = mean_per_item(space, per_element, z).mean()
+        return {"main": loss}, {"loss": float(loss.detach())}
+
+    def finalize(self):
+        pass
+
+    @torch.no_grad()
+    def preview(self, step, out_dir: Path):
+        if self.preview_fn is not None:
+            self.preview_fn(self.denoiser, out_dir)
+
+
+def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
+    from modalities.molecule.pipeline import MoleculePipeline, export_reconstructions
+
+    molecules = load_molecules(cfg, split="train")
+    if stage == "autoencoder":
+        training = cfg.modality.autoencoder_training
+        return MoleculeAutoencoderStage(build_autoencoder(cfg), molecules, training.kl_weight,
+                                        training.charge_weight, preview=export_reconstructions)
+    if stage == "diffusion":
+        autoencoder = build_autoencoder(cfg, run_dir, device)
+        denoiser = build_denoiser(cfg, autoencoder)
+
+        def preview(ema_denoiser, out_dir: Path):
+            pipeline = MoleculePipeline(cfg, run_dir, device, denoiser=ema_denoiser, autoencoder=autoencoder,
+                                        training=molecules)
+            pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps),
+                            out_dir)
+
+        return MoleculeDiffusionStage(denoiser, autoencoder, molecules, PropertyCondition(cfg, molecules),
+                                      instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout,
+                                      preview=preview)
+    raise ValueError(f"the molecule modality has stages 'autoencoder' and 'diffusion', not '{stage}'")
