@@ -3,9 +3,11 @@
 The same ``EGNN`` instance runs as sparse message passing over an explicit fully connected edge list
 (``modalities.molecule.egnn``) and as the all-pairs padded formulation (``egnn_dense.dense_egnn``,
 EDM's own layout) on random molecules of 18 (QM9's mean), 50 and 181 (GEOM-Drugs' largest) atoms,
-with a fixed total atom budget per step (molecules = budget // size). Each step is forward +
+with a fixed total atom budget per step (molecules = budget // size), and on real QM9 molecules of
+mixed sizes (3-29 atoms: the dense layout pads each to the largest). Each step is forward +
 backward of a scalar loss on both outputs. Reported per size: molecules/s and peak memory of each
-method and their ratios, and the max |Δ| between the two outputs (they must agree).
+method and their ratios, and the max |Δ| between the two outputs (they must agree). Then the metric
+throughput on real QM9 molecules: EDM stability vectorised vs EDM's per-pair loops, and RDKit validity.
 
 Time: median over ``--repeats`` calls after one warm-up, the two methods interleaved call by call
 (``time_side_by_side``, as in ``shape_speed.py``), on a shared machine: read the ratios.
@@ -35,20 +37,17 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 from timing import time_side_by_side  # noqa: E402
 
+from modalities.molecule.data import QM9Dataset
 from modalities.molecule.egnn import EGNN
 from modalities.molecule.egnn_dense import dense_egnn
+from modalities.molecule.graphs import fully_connected_edges, to_dense
+from modalities.molecule.metrics import molecule_smiles, stability
+from modalities.molecule.metrics_reference import reference_stable_atoms
 
-FULL = {"sizes": (18, 50, 181), "atoms": 1024}
-QUICK = {"sizes": (18, 50), "atoms": 128}
+FULL = {"sizes": (18, 50, 181, "qm9"), "atoms": 1024, "metric_molecules": 4000, "reference_molecules": 300}
+QUICK = {"sizes": (18, 50, "qm9"), "atoms": 128, "metric_molecules": 200, "reference_molecules": 20}
 FEATURES = 6     # one-hot of 5 atom types + a charge, like the QM9 encoder's input
 
-
-
-def fully_connected_edges(num_molecules: int, size: int, device) -> torch.Tensor:
-    """[2, B·n·(n−1)] all ordered pairs j ≠ i within each molecule of ``size`` consecutive atoms."""
-    local = (~torch.eye(size, dtype=torch.bool, device=device)).nonzero().T       # [2, n(n−1)]
-    offsets = torch.arange(num_molecules, device=device) * size
-    return (local[:, None, :] + offsets[None, :, None]).reshape(2, -1)
 
 
 def random_molecules(num_molecules: int, size: int, generator: torch.Generator, device):
@@ -59,19 +58,29 @@ def random_molecules(num_molecules: int, size: int, generator: torch.Generator, 
     return h.to(device), x.to(device)
 
 
-def make_steps(model: EGNN, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor):
-    b, n, f = h.shape
-    mask = torch.ones(b, n, dtype=torch.bool, device=h.device)
-    h_flat, x_flat = h.reshape(-1, f), x.reshape(-1, 3)
+def make_steps(model: EGNN, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+               mask: torch.Tensor | None = None):
+    """Padded h [B, N, F], x [B, N, 3] (real atoms where ``mask``): the sparse step runs on the real
+    atoms only, the dense one on the padded tensors; both return padded outputs (zeros at padding)."""
+    mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask
+    h_flat, x_flat = h[mask], x[mask]
+
+    def padded(values):
+        out = values.new_zeros(*mask.shape, values.shape[-1])
+        out[mask] = values
+        return out
+
+    def sparse():
+        h_out, x_out = model(h_flat, x_flat, edge_index)
+        return padded(h_out), padded(x_out)
 
     def step(run):
         model.zero_grad(set_to_none=True)
         h_out, x_out = run()
-        (h_out.square().mean() + x_out.square().mean()).backward()
-        return h_out.detach().reshape(b, n, -1), x_out.detach().reshape(b, n, 3)
+        (h_out[mask].square().mean() + x_out[mask].square().mean()).backward()
+        return h_out.detach(), x_out.detach()
 
-    return {"sparse": lambda: step(lambda: model(h_flat, x_flat, edge_index)),
-            "dense": lambda: step(lambda: dense_egnn(model, h, x, mask))}
+    return {"sparse": lambda: step(sparse), "dense": lambda: step(lambda: dense_egnn(model, h, x, mask))}
 
 
 def synchronised(fn, device):
@@ -99,12 +108,28 @@ def peak_bytes(fn, device) -> int:
     return max(0, max(itertools.accumulate(e.nbytes() for e in events), default=0))
 
 
-def benchmark_size(model: EGNN, size: int, atoms: int, repeats: int, seed: int, device) -> dict:
-    num_molecules = max(1, atoms // size)
-    generator = torch.Generator().manual_seed(seed + size)
-    h, x = random_molecules(num_molecules, size, generator, device)
-    edge_index = fully_connected_edges(num_molecules, size, device)
-    steps = {name: synchronised(fn, device) for name, fn in make_steps(model, h, x, edge_index).items()}
+def qm9_batch(num_molecules: int, device):
+    """The first ``num_molecules`` training molecules of the committed subset (3-29 atoms), padded."""
+    molecules = QM9Dataset("train", source="subset").gather(torch.arange(num_molecules))
+    types = molecules.atom_type
+    x, _, mask = to_dense(molecules.pos, types, molecules.batch)
+    h = torch.zeros(*mask.shape, FEATURES)
+    h[mask] = torch.cat([torch.nn.functional.one_hot(types, FEATURES - 1).float(), types[:, None] / 10.0], -1)
+    return h.to(device), x.to(device), mask.to(device), fully_connected_edges(molecules.batch).to(device)
+
+
+def benchmark_size(model: EGNN, size: int | str, atoms: int, repeats: int, seed: int, device) -> dict:
+    """One row: ``size`` atoms per molecule (random, equal sizes: dense pads nothing) or ``"qm9"``
+    (real QM9 molecules of mixed sizes under the same atom budget: dense pads each to the largest)."""
+    if size == "qm9":
+        h, x, mask, edge_index = qm9_batch(max(1, atoms // 18), device)
+        num_molecules = len(mask)
+    else:
+        num_molecules = max(1, atoms // size)
+        h, x = random_molecules(num_molecules, size, torch.Generator().manual_seed(seed + size), device)
+        mask = None
+        edge_index = fully_connected_edges(torch.arange(num_molecules, device=device).repeat_interleave(size))
+    steps = {name: synchronised(fn, device) for name, fn in make_steps(model, h, x, edge_index, mask).items()}
     times = time_side_by_side(steps, repeats)
     memory = {name: peak_bytes(fn, device) for name, fn in steps.items()}
     (h_sparse, x_sparse), (h_dense, x_dense) = steps["sparse"](), steps["dense"]()
@@ -121,6 +146,33 @@ def benchmark_size(model: EGNN, size: int, atoms: int, repeats: int, seed: int, 
     return row
 
 
+def benchmark_metrics(num_molecules: int, reference_molecules: int) -> dict:
+    """Metric throughput on real QM9 molecules (the committed subset): EDM stability vectorised
+    (``metrics.stability``) vs EDM's own per-pair loops (``metrics_reference``), and the RDKit part
+    of validity (bonds -> Mol -> sanitise -> SMILES), in molecules per second."""
+    molecules = QM9Dataset("all", source="subset").gather(torch.arange(num_molecules))
+    pos, types, batch = molecules.pos, molecules.atom_type, molecules.batch
+    start = time.perf_counter()
+    vectorised = stability(pos, types, batch)
+    vectorised_s = time.perf_counter() - start
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(batch).cumsum(0)])
+    start = time.perf_counter()
+    stable = [s for k in range(reference_molecules) for s in reference_stable_atoms(
+        pos[offsets[k]:offsets[k + 1]].double().numpy(), types[offsets[k]:offsets[k + 1]].tolist())]
+    reference_s = time.perf_counter() - start
+    check = stability(pos[:offsets[reference_molecules]], types[:offsets[reference_molecules]],
+                      batch[:offsets[reference_molecules]])
+    start = time.perf_counter()
+    molecule_smiles(pos, types, batch)
+    rdkit_s = time.perf_counter() - start
+    return {"molecules": num_molecules, "atoms": len(types), "atom_stability": vectorised["atom_stability"],
+            "vectorised_molecules_per_s": num_molecules / vectorised_s,
+            "reference_molecules_per_s": reference_molecules / reference_s,
+            "vectorised_speedup": (num_molecules / vectorised_s) / (reference_molecules / reference_s),
+            "reference_agrees": abs(check["atom_stability"] - sum(stable) / len(stable)) < 1e-12,
+            "rdkit_validity_molecules_per_s": num_molecules / rdkit_s}
+
+
 def print_table(results: dict) -> None:
     cfg = results["config"]
     print(f"\nEGNN fwd+bwd, hidden {cfg['hidden']}, {cfg['blocks']} blocks, ~{cfg['atoms']} atoms per step, "
@@ -134,13 +186,19 @@ def print_table(results: dict) -> None:
               f"{r['max_abs_diff']:>8.1e} {r['max_rel_diff']:>8.1e}")
     print("speedup = dense time / sparse time; mem ratio = sparse peak / dense peak; "
           "rel = max|Δ| / max|output| (float32 sums over up to 180 neighbours)")
+    m = results["metrics"]
+    print(f"\nmetrics on {m['molecules']} QM9 molecules: stability {m['vectorised_molecules_per_s']:.0f} mol/s "
+          f"vectorised vs {m['reference_molecules_per_s']:.0f} mol/s per-pair loops "
+          f"({m['vectorised_speedup']:.0f}x, agree: {m['reference_agrees']}); "
+          f"RDKit validity {m['rdkit_validity_molecules_per_s']:.0f} mol/s")
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/molecule_egnn"))
     parser.add_argument("--quick", action="store_true", help="two small sizes, a few seconds (used by the tests)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="atoms per molecule")
+    parser.add_argument("--sizes", type=lambda v: v if v == "qm9" else int(v), nargs="+", default=None,
+                        help="atoms per molecule, or qm9 (real subset molecules of mixed sizes)")
     parser.add_argument("--atoms", type=int, default=None, help="total atom budget per step")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=2)
@@ -172,7 +230,8 @@ def run(args) -> dict:
                "memory_method": ("torch.cuda.max_memory_allocated - memory_allocated before the step"
                                  if device.type == "cuda" else
                                  "torch.profiler allocation log: peak running sum of bytes allocated by the step"),
-               "rows": [benchmark_size(model, size, atoms, args.repeats, args.seed, device) for size in sizes]}
+               "rows": [benchmark_size(model, size, atoms, args.repeats, args.seed, device) for size in sizes],
+               "metrics": benchmark_metrics(preset["metric_molecules"], preset["reference_molecules"])}
     results["seconds"] = time.perf_counter() - start
     print_table(results)
     def per_size(key):
@@ -182,6 +241,7 @@ def run(args) -> dict:
         "mode": results["mode"], "device": results["device"],
         "sparse_speedup": per_size("sparse_speedup"), "sparse_memory_ratio": per_size("sparse_memory_ratio"),
         "max_rel_diff": max(r["max_rel_diff"] for r in results["rows"]),
+        "stability_vectorised_speedup": round(results["metrics"]["vectorised_speedup"], 1),
         "seconds": round(results["seconds"], 2)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "molecule_egnn.json").write_text(json.dumps(results, indent=2))

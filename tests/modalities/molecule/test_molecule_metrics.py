@@ -20,6 +20,7 @@ from modalities.molecule.metrics import (
     to_rdkit,
     training_smiles,
 )
+from modalities.molecule.metrics_reference import reference_bond_order, reference_valences
 
 KNOWN_STABLE = ["C", "O", "CCO", "CC#N", "CC(=O)O"]
 
@@ -39,29 +40,6 @@ def concatenate(molecules: list[tuple[torch.Tensor, torch.Tensor]]):
     batch = torch.cat([torch.full((len(t),), k) for k, (_, t) in enumerate(molecules)])
     return positions, types, batch
 
-
-def reference_bond_order(a: str, b: str, distance_angstrom: float) -> int:
-    """EDM's get_bond_order, written as its nested ifs over the dictionaries."""
-    d = 100 * distance_angstrom
-    key = tuple(sorted((a, b), key=QM9_ELEMENTS.index))
-    if d >= metrics.BONDS1[key] + metrics.MARGIN1:
-        return 0
-    if key in metrics.BONDS2 and d < metrics.BONDS2[key] + metrics.MARGIN2:
-        if key in metrics.BONDS3 and d < metrics.BONDS3[key] + metrics.MARGIN3:
-            return 3
-        return 2
-    return 1
-
-
-def reference_valences(positions: np.ndarray, types: list[int]) -> list[int]:
-    valence = [0] * len(types)
-    for i in range(len(types)):
-        for j in range(i + 1, len(types)):
-            order = reference_bond_order(QM9_ELEMENTS[types[i]], QM9_ELEMENTS[types[j]],
-                                         float(np.linalg.norm(positions[i] - positions[j])))
-            valence[i] += order
-            valence[j] += order
-    return valence
 
 
 def random_molecules(count: int, seed: int = 0):
