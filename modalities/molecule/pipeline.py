@@ -90,6 +90,9 @@ class MoleculePipeline:
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:
+        if self.cfg.get("partial"):
+            raise ValueError(f"partial={self.cfg.partial}: fragment-conditioned molecule generation is not "
+                             f"implemented yet (shape completion works for point-cloud runs)")
         generator = torch.Generator().manual_seed(seed)
         sizes, values = self._sizes_and_properties(num_samples, prompt, generator)
         batch = torch.repeat_interleave(torch.arange(num_samples), sizes).to(self.device)

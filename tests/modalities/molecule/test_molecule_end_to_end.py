@@ -107,3 +107,10 @@ def test_prompt_for_an_unconditional_run_is_one_clear_error(molecule_run, tmp_pa
 def test_incomplete_sample_directory_is_one_clear_error(molecule_run, tmp_path):
     out = mldm("evaluate", f"run_dir={molecule_run}", f"samples_dir={tmp_path}")
     assert out.returncode == 2 and str(tmp_path) in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fragment_conditioning_is_not_silently_ignored(molecule_run, tmp_path):
+    fragment = tmp_path / "fragment.xyz"
+    fragment.write_text("1\nC\nC 0 0 0\n")
+    out = mldm("sample", f"run_dir={molecule_run}", "num_samples=2", f"partial={fragment}", f"out_dir={tmp_path / 's'}")
+    assert out.returncode == 2 and "fragment-conditioned" in out.stderr and "Traceback" not in out.stderr
