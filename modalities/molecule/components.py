@@ -45,17 +45,20 @@ class PropertyCondition:
         self.columns = [training.property_names.index(n) for n in self.names]
         self.statistics = property_statistics(training) if self.names else {}
 
-    def normalized(self, properties: torch.Tensor) -> torch.Tensor | None:
-        """[M, P_all] dataset columns (or [M, len(names)] values already in ``names`` order) -> [M, len(names)]."""
+    def selected(self, dataset_properties: torch.Tensor) -> torch.Tensor:
+        """[M, P_all] in the dataset's column order -> [M, len(names)] in ``names`` order."""
+        return dataset_properties[:, self.columns]
+
+    def normalized(self, values: torch.Tensor) -> torch.Tensor | None:
+        """Raw values [M, len(names)] in ``names`` order -> normalised ones (None for an unconditional run)."""
         if not self.names:
             return None
-        values = properties[:, self.columns] if properties.shape[1] != len(self.names) else properties
         return normalize_properties(values.float(), self.statistics, self.names)
 
     def condition(self, molecules: MoleculeBatch, device) -> MoleculeCondition:
         """The graph (fully connected within each molecule, as EDM and GeoLDM) and the properties."""
         edges = fully_connected_edges(molecules.batch, molecules.num_molecules)
-        properties = self.normalized(molecules.properties)
+        properties = self.normalized(self.selected(molecules.properties))
         return MoleculeCondition(molecules.batch, edges, properties).to(device)
 
 

@@ -86,7 +86,7 @@ class MoleculePipeline:
             sizes = sample_atom_counts(atom_count_distribution(self.training), num_samples, generator)
             return sizes, values
         picks = torch.randint(len(self.training), (num_samples,), generator=generator)
-        return self.training.num_atoms[picks], self.training.properties[picks][:, self.condition.columns]
+        return self.training.num_atoms[picks], self.condition.selected(self.training.properties[picks])
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:

@@ -319,3 +319,15 @@ def test_full_qm9_count_split_sizes_and_subset_agree(tmp_path, subset):
         assert np.array_equal(ds.qm9_index[:len(part)], part.qm9_index)   # the subset heads each split
         torch.testing.assert_close(ds.positions[:len(part.positions)], part.positions, atol=6e-5, rtol=0)
         assert torch.equal(ds.properties[:len(part)], part.properties)
+
+
+def test_condition_picks_property_columns_by_name_even_when_counts_match():
+    from omegaconf import OmegaConf
+
+    from modalities.molecule.components import PropertyCondition
+    from modalities.molecule.data import QM9Dataset
+
+    data = QM9Dataset("train", source="subset", properties=["gap", "alpha"])  # two columns, other order
+    cfg = OmegaConf.create({"modality": {"conditioning": {"properties": ["alpha", "gap"]}}})
+    condition = PropertyCondition(cfg, data)
+    assert torch.equal(condition.selected(data.properties[:3]), data.properties[:3, [1, 0]])
