@@ -13,7 +13,7 @@ import pytest
 from rdkit import Chem
 
 REPO = Path(__file__).resolve().parents[3]
-TINY = ["experiment=molecule_qm9_tiny", "device=cpu", "trainer.precision=fp32", "trainer.log_every=5",
+TINY = ["experiment=molecule_qm9_tiny", "device=cpu", "trainer.precision=fp32", "trainer.log_every=2",
         "autoencoder.hidden=16", "autoencoder.decoder_blocks=1", "backbone.hidden=16", "backbone.num_blocks=1",
         "stages.autoencoder.max_steps=100", "stages.autoencoder.batch_size=16", "stages.autoencoder.lr=3.0e-3",
         "stages.autoencoder.warmup_steps=5", "stages.autoencoder.checkpoint_every=0",
