@@ -96,7 +96,7 @@ class MoleculeAutoencoder(nn.Module):
         super().__init__()
         if include_charges and len(elements) != num_atom_types:
             raise ValueError(f"{num_atom_types} atom types but {len(elements)} elements to take charges from")
-        self.num_atom_types, self.latent_features = num_atom_types, latent_features
+        self.num_atom_types, self.latent_features, self.elements = num_atom_types, latent_features, tuple(elements)
         self.include_charges, self.charge_scale = include_charges, charge_scale
         # a floor on z_x's posterior std (Å): the decoder then always sees latents that far off the data
         # and learns to pull them back onto valid geometry, which is the error the prior's samples make

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from modalities.molecule.components import (PropertyCondition, build_autoencoder, build_denoiser, load_molecules,
                                             zero_com)
 from modalities.molecule.condition import MoleculeCondition
 from modalities.molecule.data import atom_count_distribution, sample_atom_counts
+from modalities.molecule.fragments import (FragmentInpainting, atom_counts_above, fragment_latents, place_fragment,
+                                           read_fragment)
 from modalities.molecule.graphs import PackedMolecules, fully_connected_edges
 from modalities.molecule.metrics import evaluate_molecules, training_smiles
 from modalities.molecule.sample_dir import read_molecule_samples, write_molecule_samples
@@ -78,43 +80,81 @@ class MoleculePipeline:
             load_stage_weights(run_dir, "diffusion", {"denoiser": denoiser})
         self.denoiser = denoiser
 
-    def _sizes_and_properties(self, num_samples: int, prompt: str | None, generator: torch.Generator):
-        """Atom counts from the training histogram; for a conditional run without a prompt, (count,
-        property) pairs of random training molecules, as EDM samples p(n, c) from the data."""
+    def _sizes_and_properties(self, num_samples: int, prompt: str | None, generator: torch.Generator,
+                              min_atoms: int = 1):
+        """Atom counts from the training histogram (sizes of at least ``min_atoms``); for a conditional
+        run without a prompt, (count, property) pairs of random training molecules, as EDM samples
+        p(n, c) from the data."""
         values = parse_property_prompt(prompt, self.condition.names, num_samples)
-        if not self.condition.names or values is not None:
-            sizes = sample_atom_counts(atom_count_distribution(self.training), num_samples, generator)
-            return sizes, values
-        picks = torch.randint(len(self.training), (num_samples,), generator=generator)
-        return self.training.num_atoms[picks], self.condition.selected(self.training.properties[picks])
+        fixed = OmegaConf.select(self.cfg, "modality.fragment.num_atoms") if min_atoms > 1 else None  # runs before the key
+        if fixed is not None and fixed < min_atoms:
+            raise ValueError(f"modality.fragment.num_atoms={fixed}: the fragment in partial={self.cfg.partial} "
+                             f"already has {min_atoms - 1} atoms")
+        if self.condition.names and values is None:
+            pool = torch.nonzero(self.training.num_atoms >= min_atoms).squeeze(1)
+            if not len(pool):
+                atom_counts_above(atom_count_distribution(self.training), min_atoms - 1, self.cfg.partial)
+            picks = pool[torch.randint(len(pool), (num_samples,), generator=generator)]
+            sizes = self.training.num_atoms[picks] if fixed is None else torch.full((num_samples,), fixed)
+            return sizes, self.condition.selected(self.training.properties[picks])
+        if fixed is not None:
+            return torch.full((num_samples,), int(fixed)), values
+        distribution = atom_count_distribution(self.training)
+        if min_atoms > 1:
+            distribution = atom_counts_above(distribution, min_atoms - 1, self.cfg.partial)
+        return sample_atom_counts(distribution, num_samples, generator), values
+
+    def _fragment(self) -> dict | None:
+        """``partial=FILE``: the fragment to keep (positions, types, latent rows), or None."""
+        if not self.cfg.get("partial"):
+            return None
+        positions, atom_types = read_fragment(self.cfg.partial, self.autoencoder.elements)
+        return {"positions": positions, "atom_types": atom_types,
+                "latents": fragment_latents(self.autoencoder, positions, atom_types)}
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:
-        if self.cfg.get("partial"):
-            raise ValueError(f"partial={self.cfg.partial}: fragment-conditioned molecule generation is not "
-                             f"implemented yet (shape completion works for point-cloud runs)")
         generator = torch.Generator().manual_seed(seed)
-        sizes, values = self._sizes_and_properties(num_samples, prompt, generator)
+        fragment = self._fragment()
+        fragment_atoms = len(fragment["positions"]) if fragment else 0
+        sizes, values = self._sizes_and_properties(num_samples, prompt, generator, min_atoms=fragment_atoms + 1)
         batch = torch.repeat_interleave(torch.arange(num_samples), sizes).to(self.device)
         space = zero_com(batch, num_samples)
         properties = self.condition.normalized(values) if values is not None else None
         cond = MoleculeCondition(batch, fully_connected_edges(batch, num_samples),
                                  properties.to(self.device) if properties is not None else None)
         sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
+        denoiser = guidance(self.denoiser, uncond=cond.unconditional())
+        if fragment:  # the first K rows of every molecule are the fragment's
+            offsets = torch.cumsum(sizes, 0) - sizes
+            known_rows = (torch.arange(len(batch)) - offsets[batch.cpu()] < fragment_atoms).to(self.device)
+            denoiser = FragmentInpainting(denoiser, fragment["latents"].repeat(num_samples, 1), known_rows, batch,
+                                          num_samples, self.denoiser.schedule, generator)
         x_T = space.randn_like(torch.zeros(int(sizes.sum()), 3 + self.autoencoder.latent_features), generator)
         chain = []
         keep_chain = bool(self.cfg.modality.export.chain)
         callback = (lambda info: chain.append(info["x"][:int(sizes[0])])) if keep_chain else None
-        z = sampler(guidance(self.denoiser, uncond=cond.unconditional()), x_T.to(self.device), self.denoiser.schedule,
-                    steps or self.cfg.steps, space=space, generator=generator, cond=cond, callback=callback)
+        z = sampler(denoiser, x_T.to(self.device), self.denoiser.schedule, steps or self.cfg.steps, space=space,
+                    generator=generator, cond=cond, callback=callback)
         positions, atom_types = decode_atoms(self.autoencoder, z, batch, num_samples)
+        extra = {}
+        if fragment:
+            positions, atom_types, rmsd = place_fragment(positions, atom_types, batch, known_rows,
+                                                         fragment["positions"].to(self.device),
+                                                         fragment["atom_types"].to(self.device), num_samples)
+            extra = {"fragment": str(self.cfg.partial), "fragment_atoms": fragment_atoms,
+                     "fragment_rmsd": rmsd.cpu().tolist()}
         first = torch.zeros(int(sizes[0]), dtype=torch.long, device=self.device)
         frames = [decode_atoms(self.autoencoder, x0, first, 1)[0].cpu() for x0 in chain[::max(1, len(chain) // 40)]]
         return {"positions": positions.cpu(), "atom_types": atom_types.cpu(), "num_atoms": sizes, "seed": seed,
-                "properties": values, "chain": torch.stack(frames) if frames else None}
+                "properties": values, "chain": torch.stack(frames) if frames else None, "fragment": extra}
 
     def export(self, result: dict, out_dir: Path):
         records = [{"seed": result["seed"], "index": i} for i in range(len(result["num_atoms"]))]
+        fragment = result.get("fragment") or {}
+        for record, rmsd in zip(records, fragment.get("fragment_rmsd", [])):
+            record.update(fragment=fragment["fragment"], fragment_atoms=fragment["fragment_atoms"],
+                          fragment_rmsd=round(rmsd, 4))
         if result["properties"] is not None:
             for record, values in zip(records, result["properties"].tolist()):
                 record["properties"] = dict(zip(self.condition.names, values))

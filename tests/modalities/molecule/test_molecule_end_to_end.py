@@ -1,6 +1,7 @@
 """The molecule modality through the CLI: `molecule_qm9_tiny` trains both stages (few steps, tiny widths)
 with the autoencoder learning atom types, samples the sample-directory contract, evaluates; the data
-row and a property-conditional run work; bad input ends in one line naming it."""
+row, a property-conditional run and fragment-conditioned sampling work; bad input ends in one line
+naming it."""
 import csv
 import json
 import os
@@ -109,8 +110,41 @@ def test_incomplete_sample_directory_is_one_clear_error(molecule_run, tmp_path):
     assert out.returncode == 2 and str(tmp_path) in out.stderr and "Traceback" not in out.stderr
 
 
-def test_fragment_conditioning_is_not_silently_ignored(molecule_run, tmp_path):
+ACETIC_ACID_WITHOUT_METHYL_HYDROGENS = """5
+acetic acid (MMFF) without its methyl hydrogens
+C -0.95803 -0.09675 0.03168
+C 0.47729 0.30587 -0.04791
+O 0.90683 1.43655 -0.19770
+O 1.31191 -0.74366 0.06587
+H 2.20517 -0.34584 -0.00202
+"""
+
+
+def test_fragment_conditioned_sampling_keeps_the_given_atoms(molecule_run, tmp_path):
     fragment = tmp_path / "fragment.xyz"
-    fragment.write_text("1\nC\nC 0 0 0\n")
+    fragment.write_text(ACETIC_ACID_WITHOUT_METHYL_HYDROGENS)
+    given = np.array([line.split()[1:] for line in ACETIC_ACID_WITHOUT_METHYL_HYDROGENS.splitlines()[2:]], float)
+    out = mldm("sample", f"run_dir={molecule_run}", "num_samples=3", "steps=4", f"partial={fragment}",
+               f"out_dir={tmp_path / 's'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    arrays = np.load(tmp_path / "s" / "samples.npz")
+    starts = np.cumsum(arrays["num_atoms"]) - arrays["num_atoms"]
+    assert (arrays["num_atoms"] > 5).all()
+    for start, record in zip(starts, records):
+        kept = arrays["positions"][start:start + 5]
+        assert np.allclose(np.linalg.norm(kept[:, None] - kept[None], axis=-1),
+                           np.linalg.norm(given[:, None] - given[None], axis=-1), atol=1e-4)
+        assert arrays["atom_types"][start:start + 5].tolist() == [1, 1, 3, 3, 0]  # C C O O H
+        assert record["fragment_atoms"] == 5 and record["fragment_rmsd"] >= 0.0
+    fixed = mldm("sample", f"run_dir={molecule_run}", "num_samples=2", "steps=2", f"partial={fragment}",
+                 "modality.fragment.num_atoms=8", f"out_dir={tmp_path / 'fixed'}")
+    assert fixed.returncode == 0, fixed.stderr[-4000:]
+    assert np.load(tmp_path / "fixed" / "samples.npz")["num_atoms"].tolist() == [8, 8]
+
+
+def test_a_file_of_several_fragments_is_one_clear_error(molecule_run, tmp_path):
+    fragment = tmp_path / "fragments.xyz"
+    fragment.write_text(ACETIC_ACID_WITHOUT_METHYL_HYDROGENS * 2)
     out = mldm("sample", f"run_dir={molecule_run}", "num_samples=2", f"partial={fragment}", f"out_dir={tmp_path / 's'}")
-    assert out.returncode == 2 and "fragment-conditioned" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "give one fragment" in out.stderr and "Traceback" not in out.stderr

@@ -163,12 +163,14 @@ def test_encoder_and_decoder_equivariance(det, dtype):
 def backbones(dtype=torch.float64):
     torch.manual_seed(0)
     return {"egnn": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2)).to(dtype),
+            "egnn_sample": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2,
+                                                 output="sample")).to(dtype),
             "e3nn": E3nnDynamics(LATENT, hidden_irreps="8x0e + 4x1o + 4x1e + 2x2e", num_blocks=2,
                                  property_features=2, radial_hidden=16).to(dtype)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["egnn", "e3nn"])
+@pytest.mark.parametrize("name", ["egnn", "egnn_sample", "e3nn"])
 @pytest.mark.parametrize("det", [1.0, -1.0])
 def test_dynamics_equivariance_and_zero_com(name, det, dtype):
     model, tol = backbones(dtype)[name], TOLERANCE[dtype]
@@ -209,6 +211,23 @@ def test_molecules_in_a_batch_do_not_interact(name):
         single = model(torch.cat([pos[rows], features[rows]], 1), time[rows],
                        MoleculeCondition(alone, fully_connected_edges(alone)))
         assert max_error(single, out[rows]) < 1e-10
+
+
+def test_sample_output_is_the_moved_atoms_and_the_feature_residual():
+    """``output=sample``: x̂₀'s positions are where the EGNN moved the atoms (not the displacement), and
+    its features start from z_h, so a network that has not learned to move anything returns x_t."""
+    velocity, sample = EGNNDynamics(LATENT, hidden=16, num_blocks=2), EGNNDynamics(LATENT, hidden=16, num_blocks=2,
+                                                                                  output="sample")
+    sample.load_state_dict(velocity.state_dict())
+    _, pos, batch = molecules(dtype=torch.float32)
+    x_in = torch.cat([ZeroCoMSpace(batch=batch).project(pos), torch.randn(len(batch), LATENT)], 1)
+    time = torch.full((len(batch),), 500.0)
+    cond = MoleculeCondition(batch, fully_connected_edges(batch))
+    moved, predicted = velocity(x_in, time, cond), sample(x_in, time, cond)
+    assert torch.allclose(predicted[:, :3], x_in[:, :3] + moved[:, :3], atol=1e-5)
+    assert torch.allclose(predicted[:, 3:], x_in[:, 3:] + moved[:, 3:], atol=1e-5)
+    with pytest.raises(ValueError, match="backbone.output"):
+        EGNNDynamics(LATENT, output="x0")
 
 
 def test_condition_dropout_and_unconditional_version():
