@@ -61,7 +61,8 @@ class EGNNDynamics(nn.Module):
     def __init__(self, latent_features: int = 1, hidden: int = 256, num_blocks: int = 9,
                  property_features: int = 0, inv_sublayers: int = 1, attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0,
-                 time_embedding_dim: int = 0, output: str = "velocity"):
+                 time_embedding_dim: int = 0, output: str = "velocity", distance_expansion: int = 0,
+                 expansion_cutoff: float = 5.0):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"backbone.output must be one of {OUTPUTS}, got {output!r}")
@@ -70,7 +71,7 @@ class EGNNDynamics(nn.Module):
         condition_features = property_features + 1 if property_features else 0
         self.egnn = EGNN(latent_features + self.time_features.num_features + condition_features, hidden,
                          latent_features, num_blocks, inv_sublayers, attention, tanh, coords_range,
-                         norm_constant, normalization_factor)
+                         norm_constant, normalization_factor, distance_expansion, expansion_cutoff)
 
     def forward(self, x_in: torch.Tensor, time: torch.Tensor, cond: MoleculeCondition) -> torch.Tensor:
         cond = check_rows(x_in, time, cond)

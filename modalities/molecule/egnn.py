@@ -10,7 +10,9 @@ One equivariant block at positions x with invariant features h, for every edge j
 
 with Z the ``normalization_factor`` (EDM: 1 on QM9), C the ``norm_constant`` (1) and r the
 per-block coordinate range ``coords_range / num_blocks`` (15 / blocks). As in EDM, φ_x reads the
-updated node features and the edge features rather than the sublayers' messages. Everything rotates
+updated node features and the edge features rather than the sublayers' messages. With
+``distance_expansion`` > 0 the edge features also hold that many Gaussians of ‖x_i − x_j‖ (SchNet's
+expansion, Schütt et al. 2017), which resolve bond-length differences a linear read of d² blurs. Everything rotates
 with x and nothing else sees coordinates, so h is E(3)-invariant and x E(3)-equivariant (reflections
 included) whatever graph the caller passes (in practice: fully connected within each molecule).
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.models.schnet import GaussianSmearing
 
 DISTANCE_EPS = 1e-8  # inside the square root: keeps the gradient of ‖x_i − x_j‖ finite at 0 (as EDM)
 
@@ -125,18 +128,29 @@ class EquivariantBlock(nn.Module):
     features [d² at the block's input, d² at the network's input] (EDM's EquivariantBlock)."""
 
     def __init__(self, hidden: int, inv_sublayers: int = 1, attention: bool = True, tanh: bool = True,
-                 coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0):
+                 coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0,
+                 distance_expansion: int = 0, expansion_cutoff: float = 5.0):
         super().__init__()
         self.norm_constant = norm_constant
+        self.expansion = GaussianSmearing(0.0, expansion_cutoff, distance_expansion) if distance_expansion else None
+        edge_features = 2 + distance_expansion
         self.sublayers = nn.ModuleList(
-            GraphConvolution(hidden, 2, attention, normalization_factor) for _ in range(inv_sublayers))
-        self.coordinates = CoordinateUpdate(hidden, 2, tanh, coords_range, normalization_factor)
+            GraphConvolution(hidden, edge_features, attention, normalization_factor) for _ in range(inv_sublayers))
+        self.coordinates = CoordinateUpdate(hidden, edge_features, tanh, coords_range, normalization_factor)
+
+    def edge_attributes(self, distances: torch.Tensor, input_distances: torch.Tensor) -> torch.Tensor:
+        """[d², d² at the network's input (, Gaussians of d)] for any leading dims."""
+        parts = [distances, input_distances]
+        if self.expansion is not None:
+            d = torch.sqrt(distances + DISTANCE_EPS)
+            parts.append(self.expansion(d).view(*d.shape[:-1], -1).to(d.dtype))
+        return torch.cat(parts, dim=-1)
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
                 input_distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         source, target = edge_index
         distances, direction = edge_geometry(x[target], x[source], self.norm_constant)
-        edge_attr = torch.cat([distances, input_distances], dim=-1)
+        edge_attr = self.edge_attributes(distances, input_distances)
         for sublayer in self.sublayers:
             h = sublayer(h, edge_index, edge_attr)
         return h, self.coordinates(h, x, edge_index, edge_attr, direction)
@@ -153,12 +167,13 @@ class EGNN(nn.Module):
 
     def __init__(self, in_features: int, hidden: int, out_features: int, num_blocks: int = 4,
                  inv_sublayers: int = 1, attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
-                 norm_constant: float = 1.0, normalization_factor: float = 1.0):
+                 norm_constant: float = 1.0, normalization_factor: float = 1.0, distance_expansion: int = 0,
+                 expansion_cutoff: float = 5.0):
         super().__init__()
         self.embedding = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden, inv_sublayers, attention, tanh, coords_range / max(num_blocks, 1),
-                             norm_constant, normalization_factor)
+                             norm_constant, normalization_factor, distance_expansion, expansion_cutoff)
             for _ in range(num_blocks))
         self.embedding_out = nn.Linear(hidden, out_features)
 

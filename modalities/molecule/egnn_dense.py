@@ -43,7 +43,7 @@ def dense_egnn(model: EGNN, h: torch.Tensor, x: torch.Tensor,
     h = model.embedding(h) * nodes
     for block in model.blocks:
         distances, direction = edge_geometry(*_pairwise(x), block.norm_constant)
-        edge_attr = torch.cat([distances, input_distances], dim=-1)
+        edge_attr = block.edge_attributes(distances, input_distances)
         for sublayer in block.sublayers:
             summed = (sublayer.messages(*_pair_terms(sublayer.edge_mlp[0], h), edge_attr) * edges).sum(2)
             h = sublayer.node_update(h, summed) * nodes  # padding rows must stay finite and inert

@@ -104,9 +104,10 @@ def test_egnn_is_e3_and_permutation_equivariant(det, dtype):
     assert record("egnn x", max_error(x_moved, expected_x), dtype) < TOLERANCE[dtype]
 
 
-def test_sparse_and_dense_egnn_agree():
+@pytest.mark.parametrize("distance_expansion", [0, 8])
+def test_sparse_and_dense_egnn_agree(distance_expansion):
     torch.manual_seed(0)
-    model = energise(EGNN(6, 32, 4, num_blocks=3, inv_sublayers=2))
+    model = energise(EGNN(6, 32, 4, num_blocks=3, inv_sublayers=2, distance_expansion=distance_expansion))
     _, pos, batch = molecules(dtype=torch.float32)
     h = torch.randn(len(batch), 6)
     h_sparse, x_sparse = model(h, pos, fully_connected_edges(batch))
@@ -120,8 +121,8 @@ def test_sparse_and_dense_egnn_agree():
     h_pad[batch, slot], x_pad[batch, slot] = h, pos
     h_dense, x_dense = dense_egnn(model, h_pad, x_pad, mask)
 
-    assert record("sparse-dense h", max_error(h_dense[batch, slot], h_sparse), torch.float32) < 1e-5
-    assert record("sparse-dense x", max_error(x_dense[batch, slot], x_sparse), torch.float32) < 1e-5
+    assert record(f"sparse-dense h ({distance_expansion} Gaussians)", max_error(h_dense[batch, slot], h_sparse), torch.float32) < 1e-5
+    assert record(f"sparse-dense x ({distance_expansion} Gaussians)", max_error(x_dense[batch, slot], x_sparse), torch.float32) < 1e-5
     assert torch.all(h_dense[~mask] == 0) and torch.all(x_dense[~mask] == 0)
 
 
@@ -165,12 +166,14 @@ def backbones(dtype=torch.float64):
     return {"egnn": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2)).to(dtype),
             "egnn_sample": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2,
                                                  output="sample")).to(dtype),
+            "egnn_gaussians": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2,
+                                                    distance_expansion=8)).to(dtype),
             "e3nn": E3nnDynamics(LATENT, hidden_irreps="8x0e + 4x1o + 4x1e + 2x2e", num_blocks=2,
                                  property_features=2, radial_hidden=16).to(dtype)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["egnn", "egnn_sample", "e3nn"])
+@pytest.mark.parametrize("name", ["egnn", "egnn_sample", "egnn_gaussians", "e3nn"])
 @pytest.mark.parametrize("det", [1.0, -1.0])
 def test_dynamics_equivariance_and_zero_com(name, det, dtype):
     model, tol = backbones(dtype)[name], TOLERANCE[dtype]
