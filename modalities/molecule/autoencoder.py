@@ -90,7 +90,7 @@ class MoleculeAutoencoder(nn.Module):
     def __init__(self, num_atom_types: int = len(QM9_ELEMENTS), latent_features: int = 1, hidden: int = 128,
                  encoder_blocks: int = 1, decoder_blocks: int = 4, inv_sublayers: int = 1,
                  include_charges: bool = False, elements: tuple[str, ...] = QM9_ELEMENTS,
-                 charge_scale: float = 10.0, init_logvar: float = -6.0, min_position_std: float = 0.0,
+                 charge_scale: float = 10.0, init_logvar: float = -6.0, min_relative_position_std: float = 0.0,
                  attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0):
         super().__init__()
@@ -98,9 +98,10 @@ class MoleculeAutoencoder(nn.Module):
             raise ValueError(f"{num_atom_types} atom types but {len(elements)} elements to take charges from")
         self.num_atom_types, self.latent_features, self.elements = num_atom_types, latent_features, tuple(elements)
         self.include_charges, self.charge_scale = include_charges, charge_scale
-        # a floor on z_x's posterior std (Å): the decoder then always sees latents that far off the data
-        # and learns to pull them back onto valid geometry, which is the error the prior's samples make
-        self.min_position_logvar = 2 * math.log(min_position_std) if min_position_std > 0 else None
+        # a floor on z_x's posterior std, as a fraction of each molecule's z_x RMS: the decoder then always
+        # sees latents that far off and learns to pull them back onto valid geometry, the error the prior's
+        # samples make. Relative, because an absolute floor is escaped by an encoder that scales z_x up.
+        self.min_relative_position_std = min_relative_position_std
         if include_charges:
             self.register_buffer("atomic_numbers", torch.tensor([ATOMIC_NUMBERS[e] for e in elements]))
         egnn = dict(inv_sublayers=inv_sublayers, attention=attention, tanh=tanh, coords_range=coords_range,
@@ -138,9 +139,13 @@ class MoleculeAutoencoder(nn.Module):
         head, k = self.encoder_head(h_out), self.latent_features
         counts = torch.bincount(batch, minlength=num_molecules).clamp(min=1)
         logvar_x = (_per_molecule(head[:, 0], batch, num_molecules) / counts)[batch, None]  # molecule mean
-        if self.min_position_logvar is not None:  # σ² = σ_learned² + σ_min²
-            logvar_x = torch.logaddexp(logvar_x, torch.full_like(logvar_x, self.min_position_logvar))
-        mean = torch.cat([space.project(x_out), head[:, 1:1 + k]], dim=1)
+        positions = space.project(x_out)
+        if self.min_relative_position_std > 0:  # σ² = σ_learned² + σ_min²
+            dof = ((counts - 1) * POSITION_DIMS).clamp(min=1)
+            rms = (_per_molecule(positions.detach().square().sum(1), batch, num_molecules) / dof).sqrt()
+            floor = 2 * torch.log(self.min_relative_position_std * rms.clamp_min(1e-6))[batch, None]
+            logvar_x = torch.logaddexp(logvar_x, floor.to(logvar_x))
+        mean = torch.cat([positions, head[:, 1:1 + k]], dim=1)
         logvar = torch.cat([logvar_x.expand(-1, POSITION_DIMS), head[:, 1 + k:]], dim=1)
         return MoleculePosterior(mean, logvar, batch, num_molecules)
 

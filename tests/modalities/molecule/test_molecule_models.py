@@ -263,6 +263,24 @@ def test_posterior_kl_counts_zero_com_degrees_of_freedom():
     assert torch.allclose(kl, per_dim * ((sizes - 1) * 3 + sizes * LATENT))
 
 
+def test_relative_position_std_floor_scales_with_the_latent():
+    """σ_x² = σ_learned² + (r · RMS of the molecule's z_x)²: a floor relative to z_x's own size, which
+    an encoder cannot escape by scaling z_x up."""
+    _, pos, batch = molecules()
+    atom_type = torch.randint(0, 5, (len(batch),), generator=torch.Generator().manual_seed(0))
+    edges = fully_connected_edges(batch)
+    free = small_autoencoder().to(torch.float64).encode(atom_type, pos, batch, edges, len(SIZES))
+    floored = small_autoencoder(min_relative_position_std=0.1).to(torch.float64).encode(
+        atom_type, pos, batch, edges, len(SIZES))
+    assert torch.allclose(floored.mean, free.mean)
+    dof = ((torch.tensor(SIZES, dtype=torch.float64) - 1) * 3).clamp(min=1)  # a lone atom has no z_x spread
+    rms = (torch.zeros(len(SIZES), dtype=torch.float64).index_add_(0, batch, free.mean[:, :3].square().sum(1))
+           / dof).sqrt()
+    expected = free.std[:, :3].square() + (0.1 * rms.clamp_min(1e-6))[batch, None].square()
+    assert torch.allclose(floored.std[:, :3].square(), expected, rtol=1e-9)
+    assert torch.allclose(floored.std[:, 3:], free.std[:, 3:])
+
+
 def test_latent_statistics_keep_positions_isotropic_and_centred():
     model = small_autoencoder()
     atom_type, pos, batch = molecules(dtype=torch.float32)
