@@ -33,6 +33,13 @@ def _per_molecule(values: torch.Tensor, batch: torch.Tensor, num_molecules: int)
     return values.new_zeros(num_molecules).index_add_(0, batch, values)
 
 
+def position_rms(positions: torch.Tensor, batch: torch.Tensor, num_molecules: int) -> torch.Tensor:
+    """[M] RMS of zero-CoM positions per degree of freedom, (Σ‖x_i‖² / ((n − 1)·3))^½, without gradient."""
+    counts = torch.bincount(batch, minlength=num_molecules)
+    dof = ((counts - 1) * POSITION_DIMS).clamp(min=1)
+    return (_per_molecule(positions.detach().square().sum(1), batch, num_molecules) / dof).sqrt()
+
+
 class MoleculePosterior(DiagonalGaussian):
     """q(z | molecule) over rows z[n, 3 + k]; items are molecules (``batch``), as in ZeroCoMSpace.
 
@@ -141,8 +148,7 @@ class MoleculeAutoencoder(nn.Module):
         logvar_x = (_per_molecule(head[:, 0], batch, num_molecules) / counts)[batch, None]  # molecule mean
         positions = space.project(x_out)
         if self.min_relative_position_std > 0:  # σ² = σ_learned² + σ_min²
-            dof = ((counts - 1) * POSITION_DIMS).clamp(min=1)
-            rms = (_per_molecule(positions.detach().square().sum(1), batch, num_molecules) / dof).sqrt()
+            rms = position_rms(positions, batch, num_molecules)
             floor = 2 * torch.log(self.min_relative_position_std * rms.clamp_min(1e-6))[batch, None]
             logvar_x = torch.logaddexp(logvar_x, floor.to(logvar_x))
         mean = torch.cat([positions, head[:, 1:1 + k]], dim=1)
