@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from modalities.molecule.autoencoder import POSITION_DIMS, MoleculeAutoencoder, molecule_autoencoder_loss, position_rms
+from modalities.molecule.autoencoder import MoleculeAutoencoder, molecule_autoencoder_loss
 from modalities.molecule.components import (PropertyCondition, build_autoencoder, build_denoiser, load_molecules,
                                             zero_com)
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
@@ -42,22 +42,13 @@ def draw_latent(mean: torch.Tensor, std: torch.Tensor, molecules: MoleculeBatch,
     return mean + std * noise
 
 
-def perturb_positions(z: torch.Tensor, molecules: MoleculeBatch, fraction: float, random) -> torch.Tensor:
-    """z_x + zero-CoM Gaussian noise of std ``fraction`` × each molecule's z_x RMS: decoder training
-    input that is off the way the prior's samples are (blurred bond lengths), so the decoder learns to
-    put bonds back at their lengths. Only the decoder sees it; the posterior the prior learns is unchanged."""
-    noise = zero_com(molecules.batch, molecules.num_molecules).project(random.randn_like(z[:, :POSITION_DIMS]))
-    scale = fraction * position_rms(z[:, :POSITION_DIMS], molecules.batch, molecules.num_molecules)
-    return torch.cat([z[:, :POSITION_DIMS] + scale[molecules.batch, None] * noise, z[:, POSITION_DIMS:]], dim=1)
-
-
 class MoleculeAutoencoderStage:
     name = "autoencoder"
 
     def __init__(self, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules, kl_weight: float,
-                 charge_weight: float = 1.0, preview=None, decoder_noise: float = 0.0):
+                 charge_weight: float = 1.0, preview=None):
         self.autoencoder, self.molecules, self.kl_weight = autoencoder, molecules, kl_weight
-        self.charge_weight, self.preview_fn, self.decoder_noise = charge_weight, preview, decoder_noise
+        self.charge_weight, self.preview_fn = charge_weight, preview
 
     def modules(self):
         return {"autoencoder": self.autoencoder}
@@ -79,8 +70,6 @@ class MoleculeAutoencoderStage:
         molecules, edges, model = batch["molecules"], batch["edges"], self.autoencoder
         posterior = model.encode(molecules.atom_type, molecules.pos, molecules.batch, edges, molecules.num_molecules)
         z = draw_latent(posterior.mean, posterior.std, molecules, random)
-        if self.decoder_noise > 0:
-            z = perturb_positions(z, molecules, self.decoder_noise, random)
         reconstruction = model.decode(z, molecules.batch, edges, molecules.num_molecules)
         charges = model.charge_targets(molecules.atom_type) if model.include_charges else None
         terms = molecule_autoencoder_loss(molecules.atom_type, molecules.pos, molecules.batch, reconstruction,
@@ -164,8 +153,7 @@ def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device)
     if stage == "autoencoder":
         training = cfg.modality.autoencoder_training
         return MoleculeAutoencoderStage(build_autoencoder(cfg), molecules, training.kl_weight,
-                                        training.charge_weight, preview=export_reconstructions,
-                                        decoder_noise=OmegaConf.select(training, "decoder_noise", default=0.0))
+                                        training.charge_weight, preview=export_reconstructions)
     if stage == "diffusion":
         autoencoder = build_autoencoder(cfg, run_dir, device)
         denoiser = build_denoiser(cfg, autoencoder)
