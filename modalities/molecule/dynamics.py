@@ -2,16 +2,12 @@
 2022, ``EGNN_dynamics_QM9``; the denoiser of GeoLDM, Xu et al. 2023).
 
 ``backbone(x_in [n, 3 + k], time [n], cond: MoleculeCondition) -> [n, 3 + k]``: the EGNN runs on
-positions x_in[:, :3] with node inputs [z_h, time, p · present, present]. ``output`` says what the
-network's coordinates and features stand for:
-
-- ``velocity`` (EDM): [x_out − x_in, h_out], an equivariant vector such as ε_x plus invariants;
-- ``sample``: [x_out, z_h + h_out], the clean latent itself, for ``parameterization=sample``
-  (x̂₀-prediction, which converges faster on molecules: Le et al. 2024, EQGAT-diff, §4). The EGNN
-  moves the noisy atoms to their denoised places instead of reporting how far it moved them.
-
-Each molecule's mean is removed from the position part, which keeps the prediction in the zero-CoM
-subspace ``shared.spaces.ZeroCoMSpace`` draws noise in.
+positions x_in[:, :3] with node inputs [z_h, time, p · present, present]; the output is
+[x_out − x_in with each molecule's mean removed (an equivariant vector, e.g. ε_x), h_out (invariant)].
+The mean removal keeps the prediction in the zero-CoM subspace ``shared.spaces.ZeroCoMSpace`` draws
+noise in, so the x-part of an ε- or x̂₀-prediction never leaves it. Under
+``parameterization=sample_residual`` (x̂₀ = x_t + output) x̂₀'s positions are where the EGNN moved the
+atoms.
 """
 from __future__ import annotations
 
@@ -23,7 +19,6 @@ from modalities.molecule.condition import MoleculeCondition
 from modalities.molecule.egnn import EGNN
 from shared.spaces import ZeroCoMSpace
 
-OUTPUTS = ("velocity", "sample")
 MODEL_TIME_SCALE = 1e-3  # shared.schedules' model time is 1000·t; EDM feeds t ∈ [0, 1] itself
 
 
@@ -61,12 +56,9 @@ class EGNNDynamics(nn.Module):
     def __init__(self, latent_features: int = 1, hidden: int = 256, num_blocks: int = 9,
                  property_features: int = 0, inv_sublayers: int = 1, attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0,
-                 time_embedding_dim: int = 0, output: str = "velocity", distance_expansion: int = 0,
-                 expansion_cutoff: float = 5.0):
+                 time_embedding_dim: int = 0, distance_expansion: int = 0, expansion_cutoff: float = 5.0):
         super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"backbone.output must be one of {OUTPUTS}, got {output!r}")
-        self.latent_features, self.property_features, self.output = latent_features, property_features, output
+        self.latent_features, self.property_features = latent_features, property_features
         self.time_features = TimeFeatures(time_embedding_dim)
         condition_features = property_features + 1 if property_features else 0
         self.egnn = EGNN(latent_features + self.time_features.num_features + condition_features, hidden,
@@ -79,6 +71,4 @@ class EGNNDynamics(nn.Module):
         h = torch.cat([features, self.time_features(time, x_in),
                        cond.atom_features(self.property_features, x_in)], dim=1)
         h_out, x_out = self.egnn(h, positions, cond.edge_index)
-        if self.output == "sample":
-            return remove_position_mean(torch.cat([x_out, features + h_out], dim=1), cond)
         return remove_position_mean(torch.cat([x_out - positions, h_out], dim=1), cond)

@@ -5,7 +5,8 @@ import torch
 from shared import parameterization as P
 from shared.schedules import CosineSchedule, KarrasSchedule
 
-PARAMS = [P.EpsilonPrediction(), P.SamplePrediction(), P.VPrediction(), P.EDMPreconditioning(sigma_data=0.5)]
+PARAMS = [P.EpsilonPrediction(), P.SamplePrediction(), P.ResidualSamplePrediction(), P.VPrediction(),
+          P.EDMPreconditioning(sigma_data=0.5)]
 
 
 def _state(seed=0, schedule=CosineSchedule()):

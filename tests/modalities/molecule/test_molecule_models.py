@@ -164,8 +164,6 @@ def test_encoder_and_decoder_equivariance(det, dtype):
 def backbones(dtype=torch.float64):
     torch.manual_seed(0)
     return {"egnn": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2)).to(dtype),
-            "egnn_sample": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2,
-                                                 output="sample")).to(dtype),
             "egnn_gaussians": energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, property_features=2,
                                                     distance_expansion=8)).to(dtype),
             "e3nn": E3nnDynamics(LATENT, hidden_irreps="8x0e + 4x1o + 4x1e + 2x2e", num_blocks=2,
@@ -173,7 +171,7 @@ def backbones(dtype=torch.float64):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["egnn", "egnn_sample", "egnn_gaussians", "e3nn"])
+@pytest.mark.parametrize("name", ["egnn", "egnn_gaussians", "e3nn"])
 @pytest.mark.parametrize("det", [1.0, -1.0])
 def test_dynamics_equivariance_and_zero_com(name, det, dtype):
     model, tol = backbones(dtype)[name], TOLERANCE[dtype]
@@ -214,23 +212,6 @@ def test_molecules_in_a_batch_do_not_interact(name):
         single = model(torch.cat([pos[rows], features[rows]], 1), time[rows],
                        MoleculeCondition(alone, fully_connected_edges(alone)))
         assert max_error(single, out[rows]) < 1e-10
-
-
-def test_sample_output_is_the_moved_atoms_and_the_feature_residual():
-    """``output=sample``: x̂₀'s positions are where the EGNN moved the atoms (not the displacement), and
-    its features start from z_h, so a network that has not learned to move anything returns x_t."""
-    velocity, sample = EGNNDynamics(LATENT, hidden=16, num_blocks=2), EGNNDynamics(LATENT, hidden=16, num_blocks=2,
-                                                                                  output="sample")
-    sample.load_state_dict(velocity.state_dict())
-    _, pos, batch = molecules(dtype=torch.float32)
-    x_in = torch.cat([ZeroCoMSpace(batch=batch).project(pos), torch.randn(len(batch), LATENT)], 1)
-    time = torch.full((len(batch),), 500.0)
-    cond = MoleculeCondition(batch, fully_connected_edges(batch))
-    moved, predicted = velocity(x_in, time, cond), sample(x_in, time, cond)
-    assert torch.allclose(predicted[:, :3], x_in[:, :3] + moved[:, :3], atol=1e-5)
-    assert torch.allclose(predicted[:, 3:], x_in[:, 3:] + moved[:, 3:], atol=1e-5)
-    with pytest.raises(ValueError, match="backbone.output"):
-        EGNNDynamics(LATENT, output="x0")
 
 
 def test_condition_dropout_and_unconditional_version():
@@ -337,4 +318,3 @@ def test_dynamics_fit_the_denoiser_and_guidance_contracts():
     guided = ClassifierFreeGuidance(denoiser, scale=2.0, uncond=cond.unconditional())(x_t, t, cond)
     assert guided.shape == x_t.shape and torch.isfinite(guided).all()
     assert max_error(space.project(guided), guided) < 1e-5
-
