@@ -8,6 +8,8 @@ mixed sizes (3-29 atoms: the dense layout pads each to the largest). Each step i
 backward of a scalar loss on both outputs. Reported per size: molecules/s and peak memory of each
 method and their ratios, and the max |Δ| between the two outputs (they must agree). Then the metric
 throughput on real QM9 molecules: EDM stability vectorised vs EDM's per-pair loops, and RDKit validity.
+Last, what the distance Gaussians of ``egnn_tiny`` cost: the sparse EGNN with and without
+``distance_expansion=48`` on the real QM9 batch, side by side.
 
 Time: median over ``--repeats`` calls after one warm-up, the two methods interleaved call by call
 (``time_side_by_side``, as in ``shape_speed.py``), on a shared machine: read the ratios.
@@ -146,6 +148,21 @@ def benchmark_size(model: EGNN, size: int | str, atoms: int, repeats: int, seed:
     return row
 
 
+def benchmark_distance_expansion(hidden: int, blocks: int, atoms: int, repeats: int, gaussians: int,
+                                 device) -> dict:
+    """Sparse fwd+bwd on real QM9 molecules: EDM's edge features [d², d²_in] against those plus
+    ``gaussians`` Gaussians of the distance (egnn_tiny's setting); > 1 slowdown: the Gaussians cost."""
+    h, x, mask, edge_index = qm9_batch(max(1, atoms // 18), device)
+    steps = {}
+    for name, count in (("plain", 0), ("gaussians", gaussians)):
+        torch.manual_seed(0)
+        model = EGNN(FEATURES, hidden, FEATURES, num_blocks=blocks, distance_expansion=count).to(device)
+        steps[name] = synchronised(make_steps(model, h, x, edge_index, mask)["sparse"], device)
+    times = time_side_by_side(steps, repeats)
+    return {"gaussians": gaussians, "plain_ms": 1e3 * times["plain"], "gaussians_ms": 1e3 * times["gaussians"],
+            "slowdown": times["gaussians"] / times["plain"]}
+
+
 def benchmark_metrics(num_molecules: int, reference_molecules: int) -> dict:
     """Metric throughput on real QM9 molecules (the committed subset): EDM stability vectorised
     (``metrics.stability``) vs EDM's own per-pair loops (``metrics_reference``), and the RDKit part
@@ -191,6 +208,9 @@ def print_table(results: dict) -> None:
           f"vectorised vs {m['reference_molecules_per_s']:.0f} mol/s per-pair loops "
           f"({m['vectorised_speedup']:.0f}x, agree: {m['reference_agrees']}); "
           f"RDKit validity {m['rdkit_validity_molecules_per_s']:.0f} mol/s")
+    g = results["distance_expansion"]
+    print(f"distance Gaussians ({g['gaussians']}) on the QM9 batch: {g['gaussians_ms']:.1f} ms against "
+          f"{g['plain_ms']:.1f} ms without ({g['slowdown']:.2f}x)")
 
 
 def main(argv=None) -> dict:
@@ -231,7 +251,9 @@ def run(args) -> dict:
                                  if device.type == "cuda" else
                                  "torch.profiler allocation log: peak running sum of bytes allocated by the step"),
                "rows": [benchmark_size(model, size, atoms, args.repeats, args.seed, device) for size in sizes],
-               "metrics": benchmark_metrics(preset["metric_molecules"], preset["reference_molecules"])}
+               "metrics": benchmark_metrics(preset["metric_molecules"], preset["reference_molecules"]),
+               "distance_expansion": benchmark_distance_expansion(args.hidden, args.blocks, atoms, args.repeats,
+                                                                  48, device)}
     results["seconds"] = time.perf_counter() - start
     print_table(results)
     def per_size(key):
@@ -242,6 +264,7 @@ def run(args) -> dict:
         "sparse_speedup": per_size("sparse_speedup"), "sparse_memory_ratio": per_size("sparse_memory_ratio"),
         "max_rel_diff": max(r["max_rel_diff"] for r in results["rows"]),
         "stability_vectorised_speedup": round(results["metrics"]["vectorised_speedup"], 1),
+        "distance_gaussians_slowdown": round(results["distance_expansion"]["slowdown"], 3),
         "seconds": round(results["seconds"], 2)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "molecule_egnn.json").write_text(json.dumps(results, indent=2))

@@ -30,3 +30,4 @@ def test_quick_run_writes_rows_that_agree(tmp_path):
         assert row["sparse_peak_mb"] > 0 and row["dense_peak_mb"] > 0
         assert row["max_rel_diff"] < 1e-5
     assert results["metrics"]["reference_agrees"] and results["metrics"]["vectorised_molecules_per_s"] > 0
+    assert results["distance_expansion"]["gaussians"] == 48 and results["summary"]["distance_gaussians_slowdown"] > 0
