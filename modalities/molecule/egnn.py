@@ -12,9 +12,10 @@ with Z the ``normalization_factor`` (EDM: 1 on QM9), C the ``norm_constant`` (1)
 per-block coordinate range ``coords_range / num_blocks`` (15 / blocks). As in EDM, φ_x reads the
 updated node features and the edge features rather than the sublayers' messages. With
 ``distance_expansion`` > 0 the edge features also hold that many Gaussians of ‖x_i − x_j‖ (SchNet's
-expansion, Schütt et al. 2017), which resolve bond-length differences a linear read of d² blurs. Everything rotates
-with x and nothing else sees coordinates, so h is E(3)-invariant and x E(3)-equivariant (reflections
-included) whatever graph the caller passes (in practice: fully connected within each molecule).
+expansion, Schütt et al. 2017), which resolve bond-length differences a linear read of d² blurs.
+Everything rotates with x and nothing else sees coordinates, so h is E(3)-invariant and x
+E(3)-equivariant (reflections included) whatever graph the caller passes (in practice: fully connected
+within each molecule).
 
 Messages flow from ``edge_index[0]`` (source j) to ``edge_index[1]`` (target i), the PyG convention.
 The per-edge maps (``messages``, ``shifts``) and per-node maps (``node_update``) take any leading
