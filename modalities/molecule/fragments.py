@@ -20,13 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch_geometric.utils import scatter
 
+from modalities.molecule.autoencoder import POSITION_DIMS
 from modalities.molecule.files import MoleculeFiles
 from modalities.molecule.graphs import fully_connected_edges
 from shared.forward_process import diffuse
 from shared.spaces import ZeroCoMSpace
-
-POSITION_DIMS = 3
 
 
 def read_fragment(path: str | Path, elements: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +47,7 @@ def atom_counts_above(distribution: dict, fragment_atoms: int, partial: str) -> 
 
 
 def centre_per_molecule(values: torch.Tensor, batch: torch.Tensor, num_molecules: int) -> torch.Tensor:
-    sums = torch.zeros(num_molecules, values.shape[1], dtype=values.dtype, device=values.device)
-    counts = torch.bincount(batch, minlength=num_molecules).clamp(min=1).unsqueeze(1).to(values)
-    return sums.index_add_(0, batch, values) / counts
+    return scatter(values, batch, dim=0, dim_size=num_molecules, reduce="mean")
 
 
 class FragmentInpainting:
@@ -69,7 +67,8 @@ class FragmentInpainting:
         return torch.cat([latent[:, :POSITION_DIMS] + centre[self.known_batch], latent[:, POSITION_DIMS:]], dim=1)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        noise = self.fragment_space.randn_like(self.known.cpu(), self.generator).to(self.known)
+        # drawn on the generator's device (the CPU, as the pipeline's x_T), projected where the rows live
+        noise = self.fragment_space.project(torch.randn(self.known.shape, generator=self.generator).to(self.known))
         noised = diffuse(self.schedule, self.known, t[self.known_rows], noise)
         x_t = x_t.clone()
         x_t[self.known_rows] = self._placed(noised, x_t)

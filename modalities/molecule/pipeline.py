@@ -90,18 +90,18 @@ class MoleculePipeline:
         if fixed is not None and fixed < min_atoms:
             raise ValueError(f"modality.fragment.num_atoms={fixed}: the fragment in partial={self.cfg.partial} "
                              f"already has {min_atoms - 1} atoms")
+        distribution = atom_count_distribution(self.training)
+        if fixed is None and min_atoms > 1:  # raises when no training molecule is large enough
+            distribution = atom_counts_above(distribution, min_atoms - 1, self.cfg.partial)
         if self.condition.names and values is None:
             pool = torch.nonzero(self.training.num_atoms >= min_atoms).squeeze(1)
-            if not len(pool):
-                atom_counts_above(atom_count_distribution(self.training), min_atoms - 1, self.cfg.partial)
+            if not len(pool):  # only with a fixed size: properties come from molecules above the fragment
+                atom_counts_above(distribution, min_atoms - 1, self.cfg.partial)
             picks = pool[torch.randint(len(pool), (num_samples,), generator=generator)]
-            sizes = self.training.num_atoms[picks] if fixed is None else torch.full((num_samples,), fixed)
+            sizes = self.training.num_atoms[picks] if fixed is None else torch.full((num_samples,), int(fixed))
             return sizes, self.condition.selected(self.training.properties[picks])
         if fixed is not None:
             return torch.full((num_samples,), int(fixed)), values
-        distribution = atom_count_distribution(self.training)
-        if min_atoms > 1:
-            distribution = atom_counts_above(distribution, min_atoms - 1, self.cfg.partial)
         return sample_atom_counts(distribution, num_samples, generator), values
 
     def _fragment(self) -> dict | None:
