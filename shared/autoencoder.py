@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from shared.draws import draw_randn
+
 LOGVAR_RANGE = (-30.0, 20.0)  # as in LDM / taming: keeps exp(logvar) finite
 
 
@@ -44,7 +46,7 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised draw mean + std·ε (differentiable in mean and logvar)."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        eps = draw_randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:

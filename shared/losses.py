@@ -11,6 +11,7 @@ import math
 import torch
 
 from shared.broadcast import append_dims
+from shared.draws import draw_rand, draw_randint, draw_randn
 from shared.forward_process import diffuse
 from shared.spaces import EuclideanSpace
 
@@ -23,9 +24,9 @@ class UniformTime:
     def __call__(self, n, schedule, generator=None, device=None):
         steps = schedule.num_train_steps
         if steps:
-            k = torch.randint(0, steps, (n,), generator=generator, device=device)
+            k = draw_randint(0, steps, (n,), generator, device)
             return (k.to(torch.float64) + 1) / steps
-        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        u = draw_rand(n, generator, device, torch.float64)
         return 1.0 - u  # (0, 1]
 
 
@@ -36,7 +37,7 @@ class LogNormalSigma:
         self.p_mean, self.p_std = p_mean, p_std
 
     def __call__(self, n, schedule, generator=None, device=None):
-        z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+        z = draw_randn(n, generator, device, torch.float64)
         log_sigma = self.p_mean + self.p_std * z
         return schedule.t_from_log_snr(-2.0 * log_sigma).clamp(1e-6, 1.0)
 

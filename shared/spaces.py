@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from shared.broadcast import append_dims
+from shared.draws import draw_randn
 
 
 class EuclideanSpace:
@@ -25,7 +26,7 @@ class EuclideanSpace:
         return per_item
 
     def randn_like(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return draw_randn(x.shape, generator, x.device, x.dtype)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -111,7 +112,7 @@ class ZeroCoMSpace:
         return torch.cat([self._remove_mean(positions), features], dim=-1)
 
     def randn_like(self, x, generator=None):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = draw_randn(x.shape, generator, x.device, x.dtype)
         return self.project(noise)
 
     def sum_per_item(self, values):

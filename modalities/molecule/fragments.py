@@ -67,8 +67,7 @@ class FragmentInpainting:
         return torch.cat([latent[:, :POSITION_DIMS] + centre[self.known_batch], latent[:, POSITION_DIMS:]], dim=1)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        # drawn on the generator's device (the CPU, as the pipeline's x_T), projected where the rows live
-        noise = self.fragment_space.project(torch.randn(self.known.shape, generator=self.generator).to(self.known))
+        noise = self.fragment_space.randn_like(self.known, self.generator)
         noised = diffuse(self.schedule, self.known, t[self.known_rows], noise)
         x_t = x_t.clone()
         x_t[self.known_rows] = self._placed(noised, x_t)

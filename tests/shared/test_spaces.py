@@ -54,3 +54,22 @@ def test_euclidean_space_any_rank():
         x = torch.ones(shape)
         assert space.dof(x).tolist() == [x[0].numel()] * 2
         assert space.sum_per_item(x).tolist() == [x[0].numel()] * 2
+
+
+def test_noise_is_drawn_on_the_generator_and_moved():
+    """A CPU generator seeds draws for any device (torch refuses CUDA tensors from it): the values are
+    torch's own on the CPU, and a draw for another device advances the generator exactly as a CPU draw."""
+    from shared.draws import draw_rand, draw_randint, draw_randn
+
+    for draw, args in ((draw_randn, ((3, 4),)), (draw_rand, ((5,),)), (draw_randint, (0, 9, (6,)))):
+        native = {draw_randn: torch.randn, draw_rand: torch.rand, draw_randint: torch.randint}[draw]
+        seeded = torch.Generator().manual_seed(1)
+        assert torch.equal(draw(*args, seeded), native(*args, generator=torch.Generator().manual_seed(1)))
+        moved, reference = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+        assert draw(*args, moved, device="meta").device.type == "meta"
+        draw(*args, reference)
+        assert torch.equal(torch.rand(4, generator=moved), torch.rand(4, generator=reference))
+    space = ZeroCoMSpace(batch=torch.tensor([0, 0, 1, 1, 1]), num_items=2)
+    x = torch.zeros(5, 4)
+    assert torch.equal(space.randn_like(x, torch.Generator().manual_seed(3)),
+                       space.project(torch.randn(5, 4, generator=torch.Generator().manual_seed(3))))
