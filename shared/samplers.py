@@ -54,13 +54,19 @@ def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=N
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None):
-    """Ancestral sampling from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7)."""
+def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None,
+                noise_scale: float = 1.0):
+    """Ancestral sampling from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7).
+
+    ``noise_scale`` < 1 shrinks the fresh noise of every step: low-temperature sampling, which trades
+    diversity for fidelity (RFdiffusion's and FrameDiff's ``noise_scale``; Watson et al. 2023,
+    Yim et al. 2023). 1 is the sampler of the paper; 0 follows the posterior means.
+    """
     space = space or EuclideanSpace()
 
     def step(x, t, s, x0):
         mean, std = posterior(schedule, x, x0, t, s)
-        return mean + std * space.randn_like(x, generator)
+        return mean + noise_scale * std * space.randn_like(x, generator)
 
     return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
 

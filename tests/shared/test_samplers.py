@@ -6,6 +6,7 @@ import torch
 
 from oracles import GaussianOracle
 from shared.adaptive import sample_rk45
+from shared.forward_process import posterior
 from shared.diffusers_adapter import sample_diffusers
 from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
 from shared.schedules import CosineSchedule, KarrasSchedule, LinearSchedule, PolynomialSchedule
@@ -93,6 +94,28 @@ def test_contract_any_rank_deterministic_with_callback(sampler, shape):
     assert torch.isfinite(runs[0]).all()
     assert reports and {"step", "t", "x", "denoised"} <= set(reports[0])
     assert reports[-1]["x"].shape == shape
+
+
+@pytest.mark.parametrize("noise_scale", [1.0, 0.5, 0.0])
+def test_ddpm_noise_scale_follows_the_variance_recursion(noise_scale):
+    """With Gaussian data x̂_0 is linear in x_t, so a step x_s = a x_t + b x̂_0 + λ σ_post ε maps the
+    variance v ↦ (a + b·gain)² v + λ² σ_post²: the scaled sampler's final std in closed form."""
+    schedule = CosineSchedule()
+    oracle, times = GaussianOracle(schedule, 0.0, STD), schedule.sampling_times(50)
+    variance = 1.0
+    for t, s in zip(times[:-1], times[1:]):
+        if s == 0:  # the last step returns x̂_0
+            a_t, s_t = schedule.alpha_sigma(t)
+            variance *= float(a_t * STD**2 / (a_t**2 * STD**2 + s_t**2)) ** 2
+            break
+        ones = torch.ones(1, dtype=torch.float64)
+        mean, std = posterior(schedule, ones, torch.zeros(1, dtype=torch.float64), t, s)  # a·1 + b·0
+        b = posterior(schedule, 0 * ones, ones, t, s)[0]
+        gain = oracle(ones, t)  # x̂_0 per unit x_t
+        variance = float((mean + b * gain) ** 2 * variance + noise_scale**2 * std**2)
+    g = torch.Generator().manual_seed(0)
+    x = sample_ddpm(oracle, torch.randn(16384, 2, generator=g), schedule, times, generator=g, noise_scale=noise_scale)
+    assert abs(x.std().item() / variance**0.5 - 1) < 0.02
 
 
 def test_explicit_grid_is_validated_and_a_single_point_grid_is_identity():
