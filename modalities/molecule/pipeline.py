@@ -130,11 +130,12 @@ class MoleculePipeline:
             known_rows = (torch.arange(len(batch)) - offsets[batch.cpu()] < fragment_atoms).to(self.device)
             denoiser = FragmentInpainting(denoiser, fragment["latents"].repeat(num_samples, 1), known_rows, batch,
                                           num_samples, self.denoiser.schedule, generator)
-        x_T = space.randn_like(torch.zeros(int(sizes.sum()), 3 + self.autoencoder.latent_features), generator)
+        x_T = space.randn_like(torch.zeros(int(sizes.sum()), 3 + self.autoencoder.latent_features,
+                                           device=self.device), generator)
         chain = []
         keep_chain = bool(self.cfg.modality.export.chain)
         callback = (lambda info: chain.append(info["x"][:int(sizes[0])])) if keep_chain else None
-        z = sampler(denoiser, x_T.to(self.device), self.denoiser.schedule, steps or self.cfg.steps, space=space,
+        z = sampler(denoiser, x_T, self.denoiser.schedule, steps or self.cfg.steps, space=space,
                     generator=generator, cond=cond, callback=callback)
         positions, atom_types = decode_atoms(self.autoencoder, z, batch, num_samples)
         extra = {}
