@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from shared.broadcast import append_dims
-from shared.draws import draw_rand
 from shared.text_encoder import TextCondition, TextEncoder, default_text_encoder_path
 
 __all__ = ["TextCondition", "TextEncoder", "default_text_encoder_path", "drop_condition", "ClassLabelEncoder",
@@ -40,7 +39,7 @@ def drop_condition(cond, p: float, generator: torch.Generator | None = None, *, 
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     device = generator.device if generator is not None else "cpu"
-    drop = draw_rand(len(cond), generator, device) < p
+    drop = torch.rand(len(cond), generator=generator, device=device) < p
     if isinstance(cond, TextCondition):
         return cond.where(drop, null)
     drop = append_dims(drop.to(cond.device), cond.ndim)

@@ -12,8 +12,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from shared.draws import draw_rand
-
 
 @dataclass(frozen=True)
 class MoleculeCondition:
@@ -42,7 +40,7 @@ class MoleculeCondition:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         device = generator.device if generator is not None else self.batch.device
-        return self.with_presence(draw_rand(self.num_molecules, generator, device) >= p)
+        return self.with_presence(torch.rand(self.num_molecules, generator=generator, device=device) >= p)
 
     def presence(self) -> torch.Tensor:
         """[M] bool: which molecules have their properties."""
