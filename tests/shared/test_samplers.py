@@ -6,8 +6,8 @@ import torch
 
 from oracles import GaussianOracle
 from shared.adaptive import sample_rk45
-from shared.forward_process import posterior
 from shared.diffusers_adapter import sample_diffusers
+from shared.forward_process import posterior
 from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
 from shared.schedules import CosineSchedule, KarrasSchedule, LinearSchedule, PolynomialSchedule
 from shared.spaces import EuclideanSpace, ZeroCoMSpace

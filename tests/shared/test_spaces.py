@@ -1,6 +1,7 @@
 """Spaces: where noise lives, how many degrees of freedom an item has, and sparse = padded."""
 import torch
 
+from shared.draws import draw_rand, draw_randint, draw_randn
 from shared.spaces import EuclideanSpace, MaskedSetSpace, ZeroCoMSpace
 
 
@@ -59,8 +60,6 @@ def test_euclidean_space_any_rank():
 def test_noise_is_drawn_on_the_generator_and_moved():
     """A CPU generator seeds draws for any device (torch refuses CUDA tensors from it): the values are
     torch's own on the CPU, and a draw for another device advances the generator exactly as a CPU draw."""
-    from shared.draws import draw_rand, draw_randint, draw_randn
-
     for draw, args in ((draw_randn, ((3, 4),)), (draw_rand, ((5,),)), (draw_randint, (0, 9, (6,)))):
         native = {draw_randn: torch.randn, draw_rand: torch.rand, draw_randint: torch.randint}[draw]
         seeded = torch.Generator().manual_seed(1)
