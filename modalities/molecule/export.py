@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem, Draw
 from rdkit.Chem.Draw import rdMolDraw2D
@@ -132,7 +132,7 @@ def read_xyz(path) -> tuple[list[str], np.ndarray, str]:
     return symbols, coordinates.reshape(count, 3), lines[1] if len(lines) > 1 else ""
 
 
-def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool) -> Chem.Mol | None:
+def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool, cell_size: int) -> Chem.Mol | None:
     """A drawable 2D copy, or None when even that fails (the cell is then left empty)."""
     try:
         depiction = Chem.Mol(molecule)
@@ -140,7 +140,11 @@ def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool) -> Chem.Mol
             depiction = Chem.RemoveHs(depiction, sanitize=sanitized)
         depiction.RemoveAllConformers()
         AllChem.Compute2DCoords(depiction)
-        return rdMolDraw2D.PrepareMolForDrawing(depiction, kekulize=False, addChiralHs=False)
+        depiction = rdMolDraw2D.PrepareMolForDrawing(depiction, kekulize=False, addChiralHs=False)
+        # A clump of over-bonded atoms can get coincident 2D coordinates, which only the drawing itself
+        # rejects; one such cell would otherwise abort the whole grid.
+        rdMolDraw2D.MolDraw2DCairo(cell_size, cell_size).DrawMolecule(depiction)
+        return depiction
     except (ValueError, RuntimeError):
         return None
 
@@ -159,7 +163,7 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
     drawn, labels = [], []
     with rdBase.BlockLogs():
         for k, (molecule, sanitized) in enumerate(molecules):
-            depiction = _depiction(molecule, sanitized, hydrogens or not sanitized)   # show the defect
+            depiction = _depiction(molecule, sanitized, hydrogens or not sanitized, cell_size)  # show the defect
             drawn.append(depiction if depiction is not None else Chem.Mol())
             if legends is not None:
                 labels.append(legends[k])
@@ -167,12 +171,23 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
                 labels.append(Chem.MolToSmiles(Chem.RemoveHs(molecule)))
             else:
                 labels.append("invalid" if depiction is not None else "invalid (not drawable)")
-        image = Draw.MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=max(1, min(per_row, len(drawn) or 1)),
+        per_row = max(1, min(per_row, len(drawn) or 1))
+        image = Draw.MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=per_row,
                                      subImgSize=(cell_size, cell_size), legends=labels or [""],
                                      useSVG=False)
+    _label_empty_cells(image, [k for k, m in enumerate(drawn) if m.GetNumAtoms() == 0], labels, per_row,
+                       cell_size)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return _write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _label_empty_cells(image: Image.Image, cells: list[int], labels: list[str], per_row: int, cell_size: int):
+    """RDKit draws no legend under an empty molecule, so the grid would hide which cell failed."""
+    pen = ImageDraw.Draw(image)
+    for k in cells:
+        row, column = divmod(k, per_row)
+        pen.text(((column + 0.5) * cell_size, (row + 0.9) * cell_size), labels[k], fill="black", anchor="ms")
 
 
 def _render_frame(figure: Figure, canvas: FigureCanvasAgg, frame: np.ndarray, symbols: list[str],

@@ -68,6 +68,22 @@ def test_png_grid(tmp_path, samples):
         assert np.asarray(image.convert("L")).min() < 200          # something was drawn
 
 
+def test_png_grid_survives_a_molecule_rdkit_cannot_draw(tmp_path, samples):
+    """A clump of 23 carbons, every one bonded to every other, gets coincident 2D coordinates that
+    RDKit's drawer rejects ("Cannot normalize a zero length vector"); the grid still gets written, with
+    that cell labelled."""
+    (ethanol_positions, ethanol_types), *_ = samples[0]
+    clump = torch.randn(23, 3, generator=torch.Generator().manual_seed(1)) * 0.6
+    positions = torch.cat([clump, ethanol_positions])
+    types = torch.cat([torch.full((23,), element_index("C")), ethanol_types])
+    batch = torch.cat([torch.zeros(23, dtype=torch.long), torch.ones(len(ethanol_types), dtype=torch.long)])
+    path = write_grid_png(tmp_path / "grid.png", positions, types, batch, per_row=2)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape == (250, 500)
+    assert pixels[:, :250].min() < 200 and pixels[:, 250:].min() < 200     # both cells show something
+
+
 def test_chain_gif(tmp_path, samples):
     (ethanol_positions, ethanol_types), *_ = samples[0]
     rng = np.random.default_rng(0)
