@@ -17,6 +17,7 @@ from shared.training import distributed
 from shared.training.checkpoint import CheckpointError
 from shared.training.checkpoint import latest_checkpoint
 from shared.training.loop import NonFiniteLoss, Trainer, TrainerSettings, TrainingConfigError
+from shared.training.randomness import derive_seed
 
 TRAINER_KEYS = set(TrainerSettings.__dataclass_fields__) - {"extra"} | {"lr", "warmup_steps", "sample_steps",
                                                                          "sample_count"}
@@ -58,10 +59,11 @@ def train(cfg: DictConfig) -> int:
         print("mldm train: error: the experiment defines no `stages`", file=sys.stderr)
         return 2
     try:
-        for stage, overrides in stages.items():
+        for index, (stage, overrides) in enumerate(stages.items()):
             if overrides is None:  # `stages.<name>: null` removes a stage a parent preset defined
                 continue
             settings = stage_settings(cfg.trainer, overrides, stage)
+            torch.manual_seed(derive_seed(cfg.seed, index))  # the networks' initial weights: a function of the seed
             task = instantiate(cfg.modality.task)(cfg=cfg, stage=stage, run_dir=run_dir, device=device)
             Trainer(task, settings, cfg.seed, device=device, rank=rank, world=world, **stage_dirs(run_dir, stage)).fit()
     except NonFiniteLoss as e:

@@ -58,6 +58,15 @@ def test_training_runs_both_stages_and_the_autoencoder_learns_atom_types(molecul
     assert (preview / "samples.sdf").exists() and len(list(preview.glob("*.xyz"))) == 3
 
 
+def test_a_fresh_run_is_a_function_of_the_seed(molecule_run, tmp_path):
+    """Initial weights come from the seed too, so a second process reproduces the first run's weights."""
+    out = mldm("train", *TINY, "stages.diffusion=null", f"run_dir={tmp_path / 'again'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    first, again = (sorted((run / "checkpoints" / "autoencoder").glob("step_*.safetensors"))[-1].read_bytes()
+                    for run in (molecule_run, tmp_path / "again"))
+    assert first == again
+
+
 def test_sample_and_evaluate_follow_the_contract(molecule_run, tmp_path):
     out = mldm("sample", f"run_dir={molecule_run}", "num_samples=5", "steps=4", f"out_dir={tmp_path}",
                "modality.export.chain=true")
