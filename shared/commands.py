@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from shared.self_conditioning import with_estimate_feedback
 from shared.training.run import resolve_device
 
 
@@ -28,11 +29,16 @@ def build_pipeline(cfg: DictConfig, with_model: bool = True):
 
 
 def guided_sampler(cfg: DictConfig, guidance_scale: float | None):
-    """The configured sampler and guidance wrapper factory; ``guidance_scale`` replaces the config's."""
+    """The configured sampler and guidance wrapper factory; ``guidance_scale`` replaces the config's.
+    The factory puts a self-conditioned denoiser under its estimate feedback first (one per call)."""
     guidance = instantiate(cfg.guidance)
     if guidance_scale is not None and hasattr(guidance, "keywords") and "scale" in guidance.keywords:
         guidance.keywords["scale"] = guidance_scale
-    return instantiate(cfg.sampler), guidance
+
+    def guide(denoiser, *args, **kwargs):
+        return guidance(with_estimate_feedback(denoiser), *args, **kwargs)
+
+    return instantiate(cfg.sampler), guide
 
 
 def user_errors(command: str):

@@ -32,15 +32,27 @@ class Denoiser(nn.Module):
         self.schedule = schedule
         self.parameterization = parameterization or EpsilonPrediction()
 
-    def raw(self, x_t: torch.Tensor, t: torch.Tensor, cond=None):
-        """The backbone's native prediction, with the α, σ used (for losses)."""
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether the backbone also reads an earlier estimate x̃_0 (``shared.self_conditioning``)."""
+        return bool(getattr(self.backbone, "self_conditioning", False))
+
+    def raw(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, self_condition: torch.Tensor | None = None):
+        """The backbone's native prediction, with the α, σ used (for losses). ``self_condition``: an
+        earlier x̂_0 for a self-conditioned backbone (None: the backbone's "no estimate" input)."""
         x_t = x_t.float()
         t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).expand(x_t.shape[0])
         alpha, sigma = broadcast_alpha_sigma(self.schedule, t, x_t)
         x_in = self.parameterization.backbone_input(x_t, alpha, sigma)
         time = self.parameterization.backbone_time(self.schedule, t).float()
+        if self.self_conditioned:
+            estimate = None if self_condition is None else self_condition.float()
+            return self.backbone(x_in, time, cond, self_condition=estimate).float(), alpha, sigma
+        if self_condition is not None:
+            raise ValueError(f"{type(self.backbone).__name__} is not self-conditioned; it takes no earlier estimate")
         return self.backbone(x_in, time, cond).float(), alpha, sigma
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        raw, alpha, sigma = self.raw(x_t, t, cond)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None,
+                self_condition: torch.Tensor | None = None) -> torch.Tensor:
+        raw, alpha, sigma = self.raw(x_t, t, cond, self_condition)
         return self.parameterization.to_x0(raw, x_t.float(), alpha, sigma)

@@ -13,6 +13,7 @@ import torch
 from shared.broadcast import append_dims
 from shared.draws import draw_rand, draw_randint, draw_randn
 from shared.forward_process import diffuse
+from shared.self_conditioning import training_estimate
 from shared.spaces import EuclideanSpace
 
 LOG_SNR_LIMIT = 30.0  # keeps weights finite at the ᾱ = 0 / ᾱ = 1 ends (zero-terminal SNR)
@@ -80,9 +81,10 @@ class EDMWeighting:
 class DenoisingScoreMatching:
     """Per-element DSM loss; reduce it with ``mean_per_item``."""
 
-    def __init__(self, weighting=None, time_sampler=None):
+    def __init__(self, weighting=None, time_sampler=None, self_conditioning_rate: float = 0.5):
         self.weighting = weighting or SimpleWeighting()
         self.time_sampler = time_sampler or UniformTime()
+        self.self_conditioning_rate = self_conditioning_rate  # used when the denoiser is self-conditioned
 
     def __call__(self, denoiser, x0, cond=None, space=None, generator=None, t=None, noise=None):
         """``t`` (per item) and ``noise`` may be given, e.g. drawn for a global batch and sharded."""
@@ -94,7 +96,8 @@ class DenoisingScoreMatching:
         eps = space.randn_like(x0, generator) if noise is None else space.project(noise.to(x0))
         t_rows = space.to_rows(t)
         x_t = diffuse(schedule, x0, t_rows, eps)
-        raw, alpha, sigma = denoiser.raw(x_t, t_rows, cond)
+        estimate = training_estimate(denoiser, x_t, t_rows, cond, self.self_conditioning_rate, generator)
+        raw, alpha, sigma = denoiser.raw(x_t, t_rows, cond, estimate)
         target = parameterization.target(x0, eps, alpha, sigma)
         log_snr = schedule.log_snr(t_rows).clamp(-LOG_SNR_LIMIT, LOG_SNR_LIMIT)
         log_w = self.weighting.log_weight(log_snr, t_rows, schedule, parameterization)

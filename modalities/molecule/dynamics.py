@@ -8,15 +8,21 @@ The mean removal keeps the prediction in the zero-CoM subspace ``shared.spaces.Z
 noise in, so the x-part of an ε- or x̂₀-prediction never leaves it. Under
 ``parameterization=sample_residual`` (x̂₀ = x_t + output) x̂₀'s positions are where the EGNN moved the
 atoms.
+
+With ``self_conditioning`` (Chen et al. 2023; ``shared.self_conditioning``) the EGNN also reads an
+earlier estimate x̃_0: its invariant features and a presence flag per atom, and per edge its squared
+pair distance (and Gaussians of that distance, as the EGNN's own) — invariants only, so the
+network stays E(3)-equivariant. Without an estimate these inputs are zeros.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from modalities.blocks import timestep_embedding
 from modalities.molecule.condition import MoleculeCondition
-from modalities.molecule.egnn import EGNN
+from modalities.molecule.egnn import DISTANCE_EPS, EGNN, squared_distances
 from shared.spaces import ZeroCoMSpace
 
 MODEL_TIME_SCALE = 1e-3  # shared.schedules' model time is 1000·t; EDM feeds t ∈ [0, 1] itself
@@ -56,19 +62,49 @@ class EGNNDynamics(nn.Module):
     def __init__(self, latent_features: int = 1, hidden: int = 256, num_blocks: int = 9,
                  property_features: int = 0, inv_sublayers: int = 1, attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0,
-                 time_embedding_dim: int = 0, distance_expansion: int = 0, expansion_cutoff: float = 5.0):
+                 time_embedding_dim: int = 0, distance_expansion: int = 0, expansion_cutoff: float = 5.0,
+                 self_conditioning: bool = False):
         super().__init__()
         self.latent_features, self.property_features = latent_features, property_features
         self.time_features = TimeFeatures(time_embedding_dim)
+        self.self_conditioning = self_conditioning
+        self.estimate_expansion = (GaussianSmearing(0.0, expansion_cutoff, distance_expansion)
+                                   if self_conditioning and distance_expansion else None)
         condition_features = property_features + 1 if property_features else 0
-        self.egnn = EGNN(latent_features + self.time_features.num_features + condition_features, hidden,
-                         latent_features, num_blocks, inv_sublayers, attention, tanh, coords_range,
-                         norm_constant, normalization_factor, distance_expansion, expansion_cutoff)
+        estimate_features = latent_features + 1 if self_conditioning else 0
+        self.egnn = EGNN(latent_features + self.time_features.num_features + condition_features + estimate_features,
+                         hidden, latent_features, num_blocks, inv_sublayers, attention, tanh, coords_range,
+                         norm_constant, normalization_factor, distance_expansion, expansion_cutoff,
+                         edge_context_features=1 + distance_expansion if self_conditioning else 0)
 
-    def forward(self, x_in: torch.Tensor, time: torch.Tensor, cond: MoleculeCondition) -> torch.Tensor:
+    def estimate_inputs(self, estimate: torch.Tensor | None, like: torch.Tensor,
+                        edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(node inputs [n, k + 1], edge context [E, 1 + expansion]) of the estimate x̃_0, zeros for none."""
+        edge_features = self.egnn.edge_context_features
+        if estimate is None:
+            return (like.new_zeros(len(like), self.latent_features + 1),
+                    like.new_zeros(edge_index.shape[1], edge_features))
+        if estimate.shape != like.shape:
+            raise ValueError(f"the self-conditioning estimate must match x_in {tuple(like.shape)}, "
+                             f"got {tuple(estimate.shape)}")
+        estimate = estimate.to(like.dtype)
+        squared = squared_distances(estimate[:, :3], edge_index)
+        edge = [squared]
+        if self.estimate_expansion is not None:
+            distances = torch.sqrt(squared + DISTANCE_EPS)
+            edge.append(self.estimate_expansion(distances).view(len(distances), -1).to(like.dtype))
+        return torch.cat([estimate[:, 3:], like.new_ones(len(like), 1)], dim=1), torch.cat(edge, dim=1)
+
+    def forward(self, x_in: torch.Tensor, time: torch.Tensor, cond: MoleculeCondition,
+                self_condition: torch.Tensor | None = None) -> torch.Tensor:
         cond = check_rows(x_in, time, cond)
         positions, features = x_in[:, :3], x_in[:, 3:]
-        h = torch.cat([features, self.time_features(time, x_in),
-                       cond.atom_features(self.property_features, x_in)], dim=1)
-        h_out, x_out = self.egnn(h, positions, cond.edge_index)
+        parts = [features, self.time_features(time, x_in), cond.atom_features(self.property_features, x_in)]
+        edge_context = None
+        if self.self_conditioning:
+            estimate_nodes, edge_context = self.estimate_inputs(self_condition, x_in, cond.edge_index)
+            parts.append(estimate_nodes)
+        elif self_condition is not None:
+            raise ValueError("this EGNNDynamics is not self-conditioned (backbone.self_conditioning=false)")
+        h_out, x_out = self.egnn(torch.cat(parts, dim=1), positions, cond.edge_index, edge_context)
         return remove_position_mean(torch.cat([x_out - positions, h_out], dim=1), cond)

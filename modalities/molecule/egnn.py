@@ -13,6 +13,8 @@ per-block coordinate range ``coords_range / num_blocks`` (15 / blocks). As in ED
 updated node features and the edge features rather than the sublayers' messages. With
 ``distance_expansion`` > 0 the edge features also hold that many Gaussians of ‖x_i − x_j‖ (SchNet's
 expansion, Schütt et al. 2017), which resolve bond-length differences a linear read of d² blurs.
+``edge_context`` [E, edge_context_features] appends invariant per-edge inputs the caller computes
+(e.g. distances in a self-conditioning estimate) to every block's edge features.
 Everything rotates with x and nothing else sees coordinates, so h is E(3)-invariant and x
 E(3)-equivariant (reflections included) whatever graph the caller passes (in practice: fully connected
 within each molecule).
@@ -130,28 +132,31 @@ class EquivariantBlock(nn.Module):
 
     def __init__(self, hidden: int, inv_sublayers: int = 1, attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, norm_constant: float = 1.0, normalization_factor: float = 1.0,
-                 distance_expansion: int = 0, expansion_cutoff: float = 5.0):
+                 distance_expansion: int = 0, expansion_cutoff: float = 5.0, edge_context_features: int = 0):
         super().__init__()
         self.norm_constant = norm_constant
         self.expansion = GaussianSmearing(0.0, expansion_cutoff, distance_expansion) if distance_expansion else None
-        edge_features = 2 + distance_expansion
+        edge_features = 2 + distance_expansion + edge_context_features
         self.sublayers = nn.ModuleList(
             GraphConvolution(hidden, edge_features, attention, normalization_factor) for _ in range(inv_sublayers))
         self.coordinates = CoordinateUpdate(hidden, edge_features, tanh, coords_range, normalization_factor)
 
-    def edge_attributes(self, distances: torch.Tensor, input_distances: torch.Tensor) -> torch.Tensor:
-        """[d², d² at the network's input (, Gaussians of d)] for any leading dims."""
+    def edge_attributes(self, distances: torch.Tensor, input_distances: torch.Tensor,
+                        edge_context: torch.Tensor | None = None) -> torch.Tensor:
+        """[d², d² at the network's input (, Gaussians of d)(, edge context)] for any leading dims."""
         parts = [distances, input_distances]
         if self.expansion is not None:
             d = torch.sqrt(distances + DISTANCE_EPS)
             parts.append(self.expansion(d).view(*d.shape[:-1], -1).to(d.dtype))
+        if edge_context is not None:
+            parts.append(edge_context.to(distances.dtype))
         return torch.cat(parts, dim=-1)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
-                input_distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor, input_distances: torch.Tensor,
+                edge_context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         source, target = edge_index
         distances, direction = edge_geometry(x[target], x[source], self.norm_constant)
-        edge_attr = self.edge_attributes(distances, input_distances)
+        edge_attr = self.edge_attributes(distances, input_distances, edge_context)
         for sublayer in self.sublayers:
             h = sublayer(h, edge_index, edge_attr)
         return h, self.coordinates(h, x, edge_index, edge_attr, direction)
@@ -169,19 +174,25 @@ class EGNN(nn.Module):
     def __init__(self, in_features: int, hidden: int, out_features: int, num_blocks: int = 4,
                  inv_sublayers: int = 1, attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
                  norm_constant: float = 1.0, normalization_factor: float = 1.0, distance_expansion: int = 0,
-                 expansion_cutoff: float = 5.0):
+                 expansion_cutoff: float = 5.0, edge_context_features: int = 0):
         super().__init__()
+        self.edge_context_features = edge_context_features
         self.embedding = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden, inv_sublayers, attention, tanh, coords_range / max(num_blocks, 1),
-                             norm_constant, normalization_factor, distance_expansion, expansion_cutoff)
+                             norm_constant, normalization_factor, distance_expansion, expansion_cutoff,
+                             edge_context_features)
             for _ in range(num_blocks))
         self.embedding_out = nn.Linear(hidden, out_features)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor,
-                edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, x: torch.Tensor, edge_index: torch.Tensor,
+                edge_context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if (edge_context is None) != (self.edge_context_features == 0) or (
+                edge_context is not None and edge_context.shape != (edge_index.shape[1], self.edge_context_features)):
+            raise ValueError(f"this EGNN takes edge_context [E, {self.edge_context_features}], got "
+                             f"{None if edge_context is None else tuple(edge_context.shape)} for {edge_index.shape[1]} edges")
         input_distances = squared_distances(x, edge_index)
         h = self.embedding(h)
         for block in self.blocks:
-            h, x = block(h, x, edge_index, input_distances)
+            h, x = block(h, x, edge_index, input_distances, edge_context)
         return self.embedding_out(h), x

@@ -33,9 +33,10 @@ def _pair_terms(first_layer, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return _pairwise(target_term)[0], _pairwise(source_term)[1]
 
 
-def dense_egnn(model: EGNN, h: torch.Tensor, x: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model`` on padded molecules: (h_out [B, N, out_features], x_out [B, N, 3])."""
+def dense_egnn(model: EGNN, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+               edge_context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model`` on padded molecules: (h_out [B, N, out_features], x_out [B, N, 3]); ``edge_context``
+    [B, N, N, edge_context_features] as the sparse model's, per pair."""
     edges = pair_mask(mask).to(x.dtype)
     nodes = mask[..., None].to(x.dtype)
     x = x * nodes
@@ -43,7 +44,7 @@ def dense_egnn(model: EGNN, h: torch.Tensor, x: torch.Tensor,
     h = model.embedding(h) * nodes
     for block in model.blocks:
         distances, direction = edge_geometry(*_pairwise(x), block.norm_constant)
-        edge_attr = block.edge_attributes(distances, input_distances)
+        edge_attr = block.edge_attributes(distances, input_distances, edge_context)
         for sublayer in block.sublayers:
             summed = (sublayer.messages(*_pair_terms(sublayer.edge_mlp[0], h), edge_attr) * edges).sum(2)
             h = sublayer.node_update(h, summed) * nodes  # padding rows must stay finite and inert

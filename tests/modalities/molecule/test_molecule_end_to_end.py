@@ -94,11 +94,12 @@ def test_data_row_of_the_subset(tmp_path):
     assert metrics["atom_stability"] > 0.98 and metrics["mol_stability"] > 0.9 and metrics["validity"] > 0.95
 
 
-def test_property_conditional_training_and_prompted_sampling(tmp_path):
+def test_property_conditional_self_conditioned_training_and_prompted_sampling(tmp_path):
+    """CFG on a self-conditioned prior: both guidance branches are fed their previous estimates."""
     run_dir = tmp_path / "run"
     out = mldm("train", *TINY, "modality.conditioning.properties=[alpha]", "stages.autoencoder.max_steps=5",
                "stages.diffusion.max_steps=5", "trainer.sample_every=0", "guidance=cfg", "guidance.scale=2.0",
-               f"run_dir={run_dir}")
+               "backbone.self_conditioning=true", f"run_dir={run_dir}")
     assert out.returncode == 0, out.stderr[-4000:]
     out = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "steps=3", "prompt=alpha:70.0",
                f"out_dir={tmp_path / 's'}")

@@ -104,22 +104,26 @@ def test_egnn_is_e3_and_permutation_equivariant(det, dtype):
     assert record("egnn x", max_error(x_moved, expected_x), dtype) < TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("distance_expansion", [0, 8])
-def test_sparse_and_dense_egnn_agree(distance_expansion):
+@pytest.mark.parametrize("distance_expansion, edge_context", [(0, 0), (8, 0), (8, 3)])
+def test_sparse_and_dense_egnn_agree(distance_expansion, edge_context):
     torch.manual_seed(0)
-    model = energise(EGNN(6, 32, 4, num_blocks=3, inv_sublayers=2, distance_expansion=distance_expansion))
+    model = energise(EGNN(6, 32, 4, num_blocks=3, inv_sublayers=2, distance_expansion=distance_expansion,
+                          edge_context_features=edge_context))
     _, pos, batch = molecules(dtype=torch.float32)
     h = torch.randn(len(batch), 6)
-    h_sparse, x_sparse = model(h, pos, fully_connected_edges(batch))
-
     n_max = max(SIZES)
     slot = torch.cat([torch.arange(s) for s in SIZES])
+    edges = fully_connected_edges(batch)
+    pair_context = torch.randn(len(SIZES), n_max, n_max, edge_context)     # [B, i, j, c]
+    sparse_context = pair_context[batch[edges[1]], slot[edges[1]], slot[edges[0]]] if edge_context else None
+    h_sparse, x_sparse = model(h, pos, edges, sparse_context)
+
     mask = torch.zeros(len(SIZES), n_max, dtype=torch.bool)
     mask[batch, slot] = True
     h_pad = torch.full((len(SIZES), n_max, 6), 7.0)  # junk in padding must not leak into real atoms
     x_pad = torch.full((len(SIZES), n_max, 3), -5.0)
     h_pad[batch, slot], x_pad[batch, slot] = h, pos
-    h_dense, x_dense = dense_egnn(model, h_pad, x_pad, mask)
+    h_dense, x_dense = dense_egnn(model, h_pad, x_pad, mask, pair_context if edge_context else None)
 
     assert record(f"sparse-dense h ({distance_expansion} Gaussians)", max_error(h_dense[batch, slot], h_sparse), torch.float32) < 1e-5
     assert record(f"sparse-dense x ({distance_expansion} Gaussians)", max_error(x_dense[batch, slot], x_sparse), torch.float32) < 1e-5
@@ -196,6 +200,40 @@ def test_dynamics_equivariance_and_zero_com(name, det, dtype):
     assert out[:, :3].abs().max() > 0.1  # a real vector output, so the check means something
     assert record(f"{name} position output", max_error(moved_out[:, :3], out[order, :3] @ rotation.T), dtype) < tol
     assert record(f"{name} feature output", max_error(moved_out[:, 3:], out[order, 3:]), dtype) < tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("det", [1.0, -1.0])
+def test_self_conditioned_dynamics_are_equivariant_in_the_estimate_too(det, dtype):
+    """x̂_0 = f(x_t, x̃_0, t): moving x_t and the estimate x̃_0 alike moves the output alike, and the
+    estimate's absence (zeros, presence flag 0) is a different input from any estimate."""
+    torch.manual_seed(0)
+    model = energise(EGNNDynamics(LATENT, hidden=16, num_blocks=3, distance_expansion=8,
+                                  self_conditioning=True)).to(dtype)
+    tol = TOLERANCE[dtype]
+    _, pos, batch = molecules(dtype=dtype)
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(len(batch), LATENT, generator=g, dtype=dtype)
+    estimate = torch.cat([pos + 0.3 * torch.randn(pos.shape, generator=g, dtype=dtype),
+                          torch.randn(len(batch), LATENT, generator=g, dtype=dtype)], 1)
+    time = (1000 * torch.rand(len(SIZES), generator=g, dtype=dtype))[batch]
+    cond = MoleculeCondition(batch, fully_connected_edges(batch))
+    out = model(torch.cat([pos, features], 1), time, cond, self_condition=estimate)
+
+    rotation, shift, order, new_batch = transformation(len(batch), len(SIZES), batch, det, dtype)
+    move = lambda x: x[order] @ rotation.T + shift[batch[order]]             # noqa: E731
+    moved_estimate = torch.cat([move(estimate[:, :3]), estimate[order, 3:]], 1)
+    moved_out = model(torch.cat([move(pos), features[order]], 1), time[order],
+                      MoleculeCondition(new_batch, fully_connected_edges(new_batch)), self_condition=moved_estimate)
+    assert record("self-conditioned position output",
+                  max_error(moved_out[:, :3], out[order, :3] @ rotation.T), dtype) < tol
+    assert record("self-conditioned feature output", max_error(moved_out[:, 3:], out[order, 3:]), dtype) < tol
+    without = model(torch.cat([pos, features], 1), time, cond)
+    assert max_error(without, out) > 1e-3                                    # the estimate is read
+    with pytest.raises(ValueError, match="estimate must match"):
+        model(torch.cat([pos, features], 1), time, cond, self_condition=estimate[:, :3])
+    with pytest.raises(ValueError, match="not self-conditioned"):
+        backbones(dtype)["egnn"](torch.cat([pos, features], 1), time, cond, self_condition=estimate)
 
 
 @pytest.mark.parametrize("name", ["egnn", "e3nn"])
