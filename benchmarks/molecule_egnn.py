@@ -9,7 +9,9 @@ backward of a scalar loss on both outputs. Reported per size: molecules/s and pe
 method and their ratios, and the max |Δ| between the two outputs (they must agree). Then the metric
 throughput on real QM9 molecules: EDM stability vectorised vs EDM's per-pair loops, and RDKit validity.
 Last, what the distance Gaussians of ``egnn_tiny`` cost: the sparse EGNN with and without
-``distance_expansion=48`` on the real QM9 batch, side by side.
+``distance_expansion=48`` on the real QM9 batch, side by side; and what self-conditioning costs a
+training step of the ``egnn_tiny`` dynamics (with those Gaussians): the plain step, the self-conditioned
+step without an estimate, and with the no-grad first pass; at rate r the mean cost is their mix.
 
 Time: median over ``--repeats`` calls after one warm-up, the two methods interleaved call by call
 (``time_side_by_side``, as in ``shape_speed.py``), on a shared machine: read the ratios.
@@ -39,7 +41,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 from timing import time_side_by_side  # noqa: E402
 
+from modalities.molecule.condition import MoleculeCondition
 from modalities.molecule.data import QM9Dataset
+from modalities.molecule.dynamics import EGNNDynamics
 from modalities.molecule.egnn import EGNN
 from modalities.molecule.egnn_dense import dense_egnn
 from modalities.molecule.graphs import fully_connected_edges, to_dense
@@ -163,6 +167,43 @@ def benchmark_distance_expansion(hidden: int, blocks: int, atoms: int, repeats: 
             "slowdown": times["gaussians"] / times["plain"]}
 
 
+def benchmark_self_conditioning(hidden: int, blocks: int, atoms: int, repeats: int, device,
+                                rate: float = 0.5) -> dict:
+    """Training-step fwd+bwd of EGNNDynamics on real QM9 molecules (latents: positions + 1 feature):
+    plain, self-conditioned without an estimate, and with the no-grad first pass feeding one."""
+    molecules = QM9Dataset("train", source="subset").gather(torch.arange(max(1, atoms // 18)))
+    batch = molecules.batch.to(device)
+    cond = MoleculeCondition(batch, fully_connected_edges(batch))
+    x = torch.cat([molecules.pos, torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0))], 1)
+    x, time = x.to(device), torch.full((len(batch),), 500.0, device=device)
+    models = {}
+    for self_conditioning in (False, True):
+        torch.manual_seed(0)
+        models[self_conditioning] = EGNNDynamics(1, hidden, blocks, distance_expansion=48, expansion_cutoff=3.0,
+                                                 self_conditioning=self_conditioning).to(device)
+
+    def step(model, first_pass: bool):
+        def run():
+            model.zero_grad(set_to_none=True)
+            kwargs = {}
+            if model.self_conditioning:
+                estimate = None
+                if first_pass:
+                    with torch.no_grad():
+                        estimate = x + model(x, time, cond)
+                kwargs["self_condition"] = estimate
+            model(x, time, cond, **kwargs).square().mean().backward()
+        return synchronised(run, device)
+
+    times = time_side_by_side({"plain": step(models[False], False), "without_estimate": step(models[True], False),
+                               "with_first_pass": step(models[True], True)}, repeats)
+    mean = (1 - rate) * times["without_estimate"] + rate * times["with_first_pass"]
+    return {"rate": rate, **{f"{name}_ms": 1e3 * value for name, value in times.items()},
+            "slowdown_without_estimate": times["without_estimate"] / times["plain"],
+            "slowdown_with_first_pass": times["with_first_pass"] / times["plain"],
+            "mean_slowdown": mean / times["plain"]}
+
+
 def benchmark_metrics(num_molecules: int, reference_molecules: int) -> dict:
     """Metric throughput on real QM9 molecules (the committed subset): EDM stability vectorised
     (``metrics.stability``) vs EDM's own per-pair loops (``metrics_reference``), and the RDKit part
@@ -211,6 +252,10 @@ def print_table(results: dict) -> None:
     g = results["distance_expansion"]
     print(f"distance Gaussians ({g['gaussians']}) on the QM9 batch: {g['gaussians_ms']:.1f} ms against "
           f"{g['plain_ms']:.1f} ms without ({g['slowdown']:.2f}x)")
+    c = results["self_conditioning"]
+    print(f"self-conditioned dynamics step: {c['slowdown_without_estimate']:.2f}x without an estimate, "
+          f"{c['slowdown_with_first_pass']:.2f}x with the first pass, {c['mean_slowdown']:.2f}x on average "
+          f"at rate {c['rate']} (plain {c['plain_ms']:.1f} ms)")
 
 
 def main(argv=None) -> dict:
@@ -253,7 +298,9 @@ def run(args) -> dict:
                "rows": [benchmark_size(model, size, atoms, args.repeats, args.seed, device) for size in sizes],
                "metrics": benchmark_metrics(preset["metric_molecules"], preset["reference_molecules"]),
                "distance_expansion": benchmark_distance_expansion(args.hidden, args.blocks, atoms, args.repeats,
-                                                                  48, device)}
+                                                                  48, device),
+               "self_conditioning": benchmark_self_conditioning(args.hidden, args.blocks, atoms, args.repeats,
+                                                                device)}
     results["seconds"] = time.perf_counter() - start
     print_table(results)
     def per_size(key):
@@ -265,6 +312,7 @@ def run(args) -> dict:
         "max_rel_diff": max(r["max_rel_diff"] for r in results["rows"]),
         "stability_vectorised_speedup": round(results["metrics"]["vectorised_speedup"], 1),
         "distance_gaussians_slowdown": round(results["distance_expansion"]["slowdown"], 3),
+        "self_conditioning_mean_slowdown": round(results["self_conditioning"]["mean_slowdown"], 3),
         "seconds": round(results["seconds"], 2)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "molecule_egnn.json").write_text(json.dumps(results, indent=2))
