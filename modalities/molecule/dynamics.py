@@ -22,7 +22,7 @@ from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from modalities.blocks import timestep_embedding
 from modalities.molecule.condition import MoleculeCondition
-from modalities.molecule.egnn import DISTANCE_EPS, EGNN, squared_distances
+from modalities.molecule.egnn import EGNN, gaussians_of_distance, squared_distances
 from shared.spaces import ZeroCoMSpace
 
 MODEL_TIME_SCALE = 1e-3  # shared.schedules' model time is 1000·t; EDM feeds t ∈ [0, 1] itself
@@ -91,8 +91,7 @@ class EGNNDynamics(nn.Module):
         squared = squared_distances(estimate[:, :3], edge_index)
         edge = [squared]
         if self.estimate_expansion is not None:
-            distances = torch.sqrt(squared + DISTANCE_EPS)
-            edge.append(self.estimate_expansion(distances).view(len(distances), -1).to(like.dtype))
+            edge.append(gaussians_of_distance(self.estimate_expansion, squared))
         return torch.cat([estimate[:, 3:], like.new_ones(len(like), 1)], dim=1), torch.cat(edge, dim=1)
 
     def forward(self, x_in: torch.Tensor, time: torch.Tensor, cond: MoleculeCondition,

@@ -57,6 +57,12 @@ def edge_layer(first_layer: nn.Linear, target_term: torch.Tensor, source_term: t
     return target_term + source_term + edge_attr @ edge_weight.T + first_layer.bias
 
 
+def gaussians_of_distance(expansion: GaussianSmearing, squared: torch.Tensor) -> torch.Tensor:
+    """Gaussians of d = √(d² + ε) [..., count] from d² [..., 1], for any leading dims."""
+    d = torch.sqrt(squared + DISTANCE_EPS)
+    return expansion(d).view(*d.shape[:-1], -1).to(d.dtype)
+
+
 def squared_distances(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
     """d²_ij [E, 1] of each edge j → i."""
     return (x[edge_index[1]] - x[edge_index[0]]).square().sum(-1, keepdim=True)
@@ -146,8 +152,7 @@ class EquivariantBlock(nn.Module):
         """[d², d² at the network's input (, Gaussians of d)(, edge context)] for any leading dims."""
         parts = [distances, input_distances]
         if self.expansion is not None:
-            d = torch.sqrt(distances + DISTANCE_EPS)
-            parts.append(self.expansion(d).view(*d.shape[:-1], -1).to(d.dtype))
+            parts.append(gaussians_of_distance(self.expansion, distances))
         if edge_context is not None:
             parts.append(edge_context.to(distances.dtype))
         return torch.cat(parts, dim=-1)
