@@ -1,4 +1,5 @@
-"""The forward process q(x_t | x_0) = N(α_t x_0, σ_t² I) and its posterior q(x_s | x_t, x_0), s < t."""
+"""The forward process q(x_t | x_0) = N(α_t x_0, σ_t² I), its posterior q(x_s | x_t, x_0) and its
+transition q(x_t | x_s), s < t."""
 from __future__ import annotations
 
 import torch
@@ -21,3 +22,12 @@ def posterior(schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s):
     mean = (a_ts * s_s**2 / s_t**2) * x_t + (a_s * var_ts / s_t**2) * x0
     std = (var_ts * s_s**2 / s_t**2).clamp(min=1e-20).sqrt()
     return mean, std
+
+
+def renoise(schedule, x_s: torch.Tensor, s, t, space, generator=None) -> torch.Tensor:
+    """A draw of q(x_t | x_s) for scalar times s < t: α_{t|s} x_s + σ_{t|s} ε (the forward process
+    from s on; Kingma et al. 2021, VDM eq. 24-25), with ε drawn in ``space``."""
+    (a_t, s_t), (a_s, s_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
+    a_ts = a_t / a_s
+    std_ts = (s_t**2 - a_ts**2 * s_s**2).clamp(min=0).sqrt()
+    return a_ts.to(x_s) * x_s + std_ts.to(x_s) * space.randn_like(x_s, generator)

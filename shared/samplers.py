@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from shared.forward_process import posterior
+from shared.forward_process import posterior, renoise
 from shared.schedules import NoiseSchedule
 from shared.spaces import EuclideanSpace
 
@@ -55,18 +55,29 @@ def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=N
 
 @torch.no_grad()
 def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None,
-                noise_scale: float = 1.0):
+                noise_scale: float = 1.0, resample: int = 1):
     """Ancestral sampling from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7).
 
     ``noise_scale`` < 1 shrinks the fresh noise of every step: low-temperature sampling, which trades
     diversity for fidelity (RFdiffusion's and FrameDiff's ``noise_scale``; Watson et al. 2023,
     Yim et al. 2023). 1 is the sampler of the paper; 0 follows the posterior means.
+    ``resample`` > 1 takes every step that many times, going back to t by the forward process
+    q(x_t | x_s) in between (RePaint, Lugmayr et al. 2022, Alg. 1 with jump length 1): with an
+    inpainting denoiser the generated part then harmonises with the known part.
     """
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
     space = space or EuclideanSpace()
 
-    def step(x, t, s, x0):
+    def move(x, t, s, x0):
         mean, std = posterior(schedule, x, x0, t, s)
         return mean + noise_scale * std * space.randn_like(x, generator)
+
+    def step(x, t, s, x0):
+        for _ in range(resample - 1):
+            x = renoise(schedule, move(x, t, s, x0), s, t, space, generator)
+            x0 = denoise(denoiser, x, t, space, cond)
+        return move(x, t, s, x0)
 
     return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
 

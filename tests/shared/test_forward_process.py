@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from shared.forward_process import diffuse, posterior
+from shared.forward_process import diffuse, posterior, renoise
 from shared.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
+from shared.spaces import EuclideanSpace
 
 SCHEDULES = [LinearSchedule(), CosineSchedule(), PolynomialSchedule()]
 
@@ -53,3 +54,16 @@ def test_posterior_matches_monte_carlo_of_the_joint():
     assert (mean_at_1 - mean_at_0).item() == pytest.approx(slope.item(), abs=5e-3)
     assert mean_at_0.item() == pytest.approx(intercept.item(), abs=5e-3)
     assert std.item() == pytest.approx(residual_std.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["linear", "cosine", "polynomial"])
+def test_renoise_from_s_gives_the_marginal_at_t(schedule):
+    """x_s ~ q(x_s | x_0), then x_t ~ q(x_t | x_s): x_t ~ q(x_t | x_0) = N(α_t x_0, σ_t²)."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.tensor([[1.5, -0.5, 0.0]], dtype=torch.float64).expand(400_000, 3)
+    s, t = torch.tensor(0.2, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64)
+    x_s = diffuse(schedule, x0, s, torch.randn(x0.shape, generator=g, dtype=torch.float64))
+    x_t = renoise(schedule, x_s, s, t, EuclideanSpace(), g)
+    alpha, sigma = schedule.alpha_sigma(t)
+    assert torch.allclose(x_t.mean(0), alpha * x0[0], atol=6e-3)
+    assert torch.allclose(x_t.var(0), (sigma**2).expand(3), rtol=1e-2)

@@ -18,6 +18,7 @@ MEAN, STD = 0.5, 1.0
 # Euler needs ~200; the second-order and multistep solvers are within ~1% at 50 steps.
 SAMPLERS = {
     "ddpm": (sample_ddpm, 1000, 0.02),
+    "resample_ddpm": (functools.partial(sample_ddpm, resample=3), 1000, 0.02),  # RePaint keeps the marginals
     "ddim": (sample_ddim, 50, 0.06),
     "ddim_eta1": (functools.partial(sample_ddim, eta=1.0), 200, 0.03),
     "euler_churn": (functools.partial(sample_euler, churn=10.0), 200, 0.03),
