@@ -11,7 +11,8 @@ throughput on real QM9 molecules: EDM stability vectorised vs EDM's per-pair loo
 Last, what the distance Gaussians of ``egnn_tiny`` cost: the sparse EGNN with and without
 ``distance_expansion=48`` on the real QM9 batch, side by side; and what self-conditioning costs a
 training step of the ``egnn_tiny`` dynamics (with those Gaussians): the plain step, the self-conditioned
-step without an estimate, and with the no-grad first pass; at rate r the mean cost is their mix.
+step without an estimate, and with the no-grad first pass; at rate r the mean cost is their mix. And the
+plain step in fp32 against bf16 autocast at batches of 16 and 64 QM9 molecules.
 
 Time: median over ``--repeats`` calls after one warm-up, the two methods interleaved call by call
 (``time_side_by_side``, as in ``shape_speed.py``), on a shared machine: read the ratios.
@@ -50,8 +51,10 @@ from modalities.molecule.graphs import fully_connected_edges, to_dense
 from modalities.molecule.metrics import molecule_smiles, stability
 from modalities.molecule.metrics_reference import reference_stable_atoms
 
-FULL = {"sizes": (18, 50, 181, "qm9"), "atoms": 1024, "metric_molecules": 4000, "reference_molecules": 300}
-QUICK = {"sizes": (18, 50, "qm9"), "atoms": 128, "metric_molecules": 200, "reference_molecules": 20}
+FULL = {"sizes": (18, 50, 181, "qm9"), "atoms": 1024, "metric_molecules": 4000, "reference_molecules": 300,
+        "precision_molecules": (16, 64)}
+QUICK = {"sizes": (18, 50, "qm9"), "atoms": 128, "metric_molecules": 200, "reference_molecules": 20,
+         "precision_molecules": (4,)}
 FEATURES = 6     # one-hot of 5 atom types + a charge, like the QM9 encoder's input
 
 
@@ -167,20 +170,28 @@ def benchmark_distance_expansion(hidden: int, blocks: int, atoms: int, repeats: 
             "slowdown": times["gaussians"] / times["plain"]}
 
 
+def qm9_latents(atoms: int, device) -> tuple[torch.Tensor, torch.Tensor, MoleculeCondition]:
+    """Real QM9 molecules (about ``atoms`` atoms) as dynamics inputs: latents [positions, 1 feature], time, graph."""
+    molecules = QM9Dataset("train", source="subset").gather(torch.arange(max(1, atoms // 18)))
+    batch = molecules.batch.to(device)
+    x = torch.cat([molecules.pos, torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0))], 1)
+    return x.to(device), torch.full((len(batch),), 500.0, device=device), MoleculeCondition(batch, fully_connected_edges(batch))
+
+
+def tiny_dynamics(hidden: int, blocks: int, device, self_conditioning: bool = False) -> EGNNDynamics:
+    """``backbone=egnn_tiny``'s dynamics (48 distance Gaussians) at the given size."""
+    torch.manual_seed(0)
+    return EGNNDynamics(1, hidden, blocks, distance_expansion=48, expansion_cutoff=3.0,
+                        self_conditioning=self_conditioning).to(device)
+
+
 def benchmark_self_conditioning(hidden: int, blocks: int, atoms: int, repeats: int, device,
                                 rate: float = 0.5) -> dict:
     """Training-step fwd+bwd of EGNNDynamics on real QM9 molecules (latents: positions + 1 feature):
     plain, self-conditioned without an estimate, and with the no-grad first pass feeding one."""
-    molecules = QM9Dataset("train", source="subset").gather(torch.arange(max(1, atoms // 18)))
-    batch = molecules.batch.to(device)
-    cond = MoleculeCondition(batch, fully_connected_edges(batch))
-    x = torch.cat([molecules.pos, torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0))], 1)
-    x, time = x.to(device), torch.full((len(batch),), 500.0, device=device)
-    models = {}
-    for self_conditioning in (False, True):
-        torch.manual_seed(0)
-        models[self_conditioning] = EGNNDynamics(1, hidden, blocks, distance_expansion=48, expansion_cutoff=3.0,
-                                                 self_conditioning=self_conditioning).to(device)
+    x, time, cond = qm9_latents(atoms, device)
+    models = {self_conditioning: tiny_dynamics(hidden, blocks, device, self_conditioning)
+              for self_conditioning in (False, True)}
 
     def step(model, first_pass: bool):
         def run():
@@ -202,6 +213,28 @@ def benchmark_self_conditioning(hidden: int, blocks: int, atoms: int, repeats: i
             "slowdown_without_estimate": times["without_estimate"] / times["plain"],
             "slowdown_with_first_pass": times["with_first_pass"] / times["plain"],
             "mean_slowdown": mean / times["plain"]}
+
+
+def benchmark_precision(hidden: int, blocks: int, molecules: tuple[int, ...], repeats: int, device) -> list[dict]:
+    """The dynamics' training step (fwd+bwd) in fp32 against bf16 autocast (``trainer.precision``), per
+    batch of ``molecules`` real QM9 molecules: on a CPU bf16 pays a cast per op, which small batches of
+    small matrices do not earn back."""
+    model, rows = tiny_dynamics(hidden, blocks, device), []
+    for count in molecules:
+        x, time, cond = qm9_latents(18 * count, device)
+
+        def step(bf16: bool):
+            def run():
+                model.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(x, time, cond).float().square().mean()
+                loss.backward()
+            return synchronised(run, device)
+
+        times = time_side_by_side({"fp32": step(False), "bf16": step(True)}, repeats)
+        rows.append({"molecules": count, "fp32_ms": 1e3 * times["fp32"], "bf16_ms": 1e3 * times["bf16"],
+                     "fp32_speedup": times["bf16"] / times["fp32"]})
+    return rows
 
 
 def benchmark_metrics(num_molecules: int, reference_molecules: int) -> dict:
@@ -256,6 +289,9 @@ def print_table(results: dict) -> None:
     print(f"self-conditioned dynamics step: {c['slowdown_without_estimate']:.2f}x without an estimate, "
           f"{c['slowdown_with_first_pass']:.2f}x with the first pass, {c['mean_slowdown']:.2f}x on average "
           f"at rate {c['rate']} (plain {c['plain_ms']:.1f} ms)")
+    for r in results["precision"]:
+        print(f"dynamics step, {r['molecules']} QM9 molecules: fp32 {r['fp32_ms']:.1f} ms, bf16 autocast "
+              f"{r['bf16_ms']:.1f} ms (fp32 {r['fp32_speedup']:.2f}x as fast)")
 
 
 def main(argv=None) -> dict:
@@ -300,7 +336,9 @@ def run(args) -> dict:
                "distance_expansion": benchmark_distance_expansion(args.hidden, args.blocks, atoms, args.repeats,
                                                                   48, device),
                "self_conditioning": benchmark_self_conditioning(args.hidden, args.blocks, atoms, args.repeats,
-                                                                device)}
+                                                                device),
+               "precision": benchmark_precision(args.hidden, args.blocks, preset["precision_molecules"],
+                                                args.repeats, device)}
     results["seconds"] = time.perf_counter() - start
     print_table(results)
     def per_size(key):
@@ -313,6 +351,7 @@ def run(args) -> dict:
         "stability_vectorised_speedup": round(results["metrics"]["vectorised_speedup"], 1),
         "distance_gaussians_slowdown": round(results["distance_expansion"]["slowdown"], 3),
         "self_conditioning_mean_slowdown": round(results["self_conditioning"]["mean_slowdown"], 3),
+        "fp32_speedup_over_bf16": {str(r["molecules"]): round(r["fp32_speedup"], 3) for r in results["precision"]},
         "seconds": round(results["seconds"], 2)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "molecule_egnn.json").write_text(json.dumps(results, indent=2))
