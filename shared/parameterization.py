@@ -94,21 +94,37 @@ class SamplePrediction(Parameterization):
 
 
 class ResidualSamplePrediction(Parameterization):
-    """Predict x_0 as a move of x_t: x̂_0 = x_t + F. For point sets the backbone then moves the noisy
+    """Predict x_0 as a move of x_t: x̂_0 = x_t + c(σ)·F. For point sets the backbone then moves the noisy
     points to their denoised places (an EGNN's coordinate updates), the x̂₀-prediction that converges
-    faster on molecules (Le et al. 2024, EQGAT-diff, §4); F regresses x_0 − x_t, so ‖F − target‖² is
-    ‖x̂_0 − x_0‖²."""
+    faster on molecules (Le et al. 2024, EQGAT-diff, §4).
+
+    ``small_noise_sigma`` = σ₀ > 0 scales the move by c(σ) = σ/√(σ² + σ₀²) (EDM's c_out, Karras et al.
+    2022, with c_skip = 1): about 1 where σ ≫ σ₀, σ/σ₀ near the data, where a network's absolute output
+    error would otherwise exceed the noise it is meant to remove. σ₀ = 0 is the plain move (c = 1).
+    F regresses (x_0 − x_t)/c, so ‖F − target‖² = ‖x̂_0 − x_0‖² / c². VP schedules (σ² = 1/(1 + SNR)).
+    """
 
     name = "sample_residual"
 
+    def __init__(self, small_noise_sigma: float = 0.0):
+        if small_noise_sigma < 0:
+            raise ValueError(f"parameterization.small_noise_sigma must be >= 0, got {small_noise_sigma}")
+        self.small_noise_sigma = small_noise_sigma
+
+    def _move_scale(self, sigma):
+        return sigma / (sigma**2 + self.small_noise_sigma**2).sqrt() if self.small_noise_sigma else 1.0
+
     def to_x0(self, raw, x_t, alpha, sigma):
-        return x_t + raw
+        return x_t + self._move_scale(sigma) * raw
 
     def target(self, x0, eps, alpha, sigma):
-        return x0 - (alpha * x0 + sigma * eps)
+        return (x0 - (alpha * x0 + sigma * eps)) / self._move_scale(sigma)
 
     def log_x0_weight(self, log_snr):
-        return torch.zeros_like(log_snr)
+        if not self.small_noise_sigma:
+            return torch.zeros_like(log_snr)
+        sigma_squared = torch.sigmoid(-log_snr)  # 1 / (1 + SNR)
+        return torch.log1p(self.small_noise_sigma**2 / sigma_squared)  # −2 log c = log((σ² + σ₀²) / σ²)
 
 
 class VPrediction(Parameterization):

@@ -5,7 +5,8 @@ import torch
 from shared import parameterization as P
 from shared.schedules import CosineSchedule, KarrasSchedule
 
-PARAMS = [P.EpsilonPrediction(), P.SamplePrediction(), P.ResidualSamplePrediction(), P.VPrediction(),
+PARAMS = [P.EpsilonPrediction(), P.SamplePrediction(), P.ResidualSamplePrediction(),
+          P.ResidualSamplePrediction(small_noise_sigma=0.1), P.VPrediction(),
           P.EDMPreconditioning(sigma_data=0.5)]
 
 
@@ -72,3 +73,16 @@ def test_edm_preconditioning_coefficients():
     karras = KarrasSchedule()
     t = karras.t_from_log_snr(-2 * torch.log(s))
     assert edm.backbone_time(karras, t).item() == pytest.approx(0.25 * torch.log(s).item(), rel=1e-8)
+
+
+def test_residual_move_scale_is_edm_c_out_with_unit_skip():
+    """x̂_0 = x_t + σ/√(σ² + σ₀²)·F: an output error δ costs x̂_0 about δ·σ/σ₀ near the data, about δ far from it."""
+    scaled, plain = P.ResidualSamplePrediction(small_noise_sigma=0.1), P.ResidualSamplePrediction()
+    x_t, delta = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    for sigma, scale in [(0.01, 0.0995037), (0.1, 0.7071068), (0.9, 0.9938837)]:
+        sigma = torch.tensor(sigma, dtype=torch.float64)
+        alpha = (1 - sigma**2).sqrt()
+        torch.testing.assert_close(scaled.to_x0(delta, x_t, alpha, sigma), scale * delta, rtol=1e-6, atol=0)
+        torch.testing.assert_close(plain.to_x0(delta, x_t, alpha, sigma), delta)
+    with pytest.raises(ValueError, match="small_noise_sigma"):
+        P.ResidualSamplePrediction(small_noise_sigma=-1.0)
