@@ -25,8 +25,8 @@ def posterior(schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s):
 
 
 def renoise(schedule, x_s: torch.Tensor, s, t, space, generator=None) -> torch.Tensor:
-    """A draw of q(x_t | x_s) for scalar times s < t: α_{t|s} x_s + σ_{t|s} ε (the forward process
-    from s on; Kingma et al. 2021, VDM eq. 24-25), with ε drawn in ``space``."""
+    """A draw of q(x_t | x_s) for scalar times s < t: α_{t|s} x_s + σ_{t|s} ε with α_{t|s} = α_t/α_s and
+    σ²_{t|s} = σ_t² − α²_{t|s} σ_s² (VDM's q(z_t | z_s), Kingma et al. 2021), ε drawn in ``space``."""
     (a_t, s_t), (a_s, s_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
     a_ts = a_t / a_s
     std_ts = (s_t**2 - a_ts**2 * s_s**2).clamp(min=0).sqrt()

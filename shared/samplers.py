@@ -66,7 +66,7 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
     inpainting denoiser the generated part then harmonises with the known part.
     """
     if resample < 1:
-        raise ValueError(f"resample must be >= 1, got {resample}")
+        raise ValueError(f"sampler.resample must be >= 1, got {resample}")
     space = space or EuclideanSpace()
 
     def move(x, t, s, x0):

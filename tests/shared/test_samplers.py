@@ -150,3 +150,9 @@ def test_core_has_no_modality_code_and_no_image_only_reshapes():
 def test_euclidean_space_is_the_default_noise():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(EuclideanSpace().randn_like(torch.zeros(2, 3), g1), torch.randn(2, 3, generator=g2))
+
+
+def test_ddpm_resample_below_one_is_named_in_the_error():
+    schedule = CosineSchedule()
+    with pytest.raises(ValueError, match="sampler.resample"):
+        sample_ddpm(GaussianOracle(schedule), torch.randn(4, 2), schedule, 10, resample=0)
