@@ -216,9 +216,9 @@ def benchmark_self_conditioning(hidden: int, blocks: int, atoms: int, repeats: i
 
 
 def benchmark_precision(hidden: int, blocks: int, molecules: tuple[int, ...], repeats: int, device) -> list[dict]:
-    """The dynamics' training step (fwd+bwd) in fp32 against bf16 autocast (``trainer.precision``), per
-    batch of ``molecules`` real QM9 molecules: on a CPU bf16 pays a cast per op, which small batches of
-    small matrices do not earn back."""
+    """The dynamics' step (fwd+bwd) alone in fp32 against bf16 autocast (``trainer.precision``), per batch
+    of ``molecules`` real QM9 molecules. The network only: the training loop around it (data, loss,
+    optimizer, EMA) is not timed here, and at batch 16 it dilutes the difference (README)."""
     model, rows = tiny_dynamics(hidden, blocks, device), []
     for count in molecules:
         x, time, cond = qm9_latents(18 * count, device)

@@ -17,17 +17,21 @@ def diffuse(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) ->
 def posterior(schedule, x_t: torch.Tensor, x0: torch.Tensor, t, s):
     """Mean and std of q(x_s | x_t, x_0) for scalar times s < t (Kingma et al. 2021, VDM eq. 26-28)."""
     (a_t, s_t), (a_s, s_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
-    a_ts = a_t / a_s
-    var_ts = s_t**2 - a_ts**2 * s_s**2  # σ²_{t|s}
+    a_ts, var_ts = transition(schedule, t, s)
     mean = (a_ts * s_s**2 / s_t**2) * x_t + (a_s * var_ts / s_t**2) * x0
     std = (var_ts * s_s**2 / s_t**2).clamp(min=1e-20).sqrt()
     return mean, std
 
 
-def renoise(schedule, x_s: torch.Tensor, s, t, space, generator=None) -> torch.Tensor:
-    """A draw of q(x_t | x_s) for scalar times s < t: α_{t|s} x_s + σ_{t|s} ε with α_{t|s} = α_t/α_s and
-    σ²_{t|s} = σ_t² − α²_{t|s} σ_s² (VDM's q(z_t | z_s), Kingma et al. 2021), ε drawn in ``space``."""
+def transition(schedule, t, s):
+    """α_{t|s} = α_t/α_s and σ²_{t|s} = σ_t² − α²_{t|s} σ_s² of q(x_t | x_s), scalar times s < t
+    (VDM's q(z_t | z_s), Kingma et al. 2021)."""
     (a_t, s_t), (a_s, s_s) = schedule.alpha_sigma(t), schedule.alpha_sigma(s)
     a_ts = a_t / a_s
-    std_ts = (s_t**2 - a_ts**2 * s_s**2).clamp(min=0).sqrt()
-    return a_ts.to(x_s) * x_s + std_ts.to(x_s) * space.randn_like(x_s, generator)
+    return a_ts, s_t**2 - a_ts**2 * s_s**2
+
+
+def renoise(schedule, x_s: torch.Tensor, s, t, space, generator=None) -> torch.Tensor:
+    """A draw of q(x_t | x_s) = N(α_{t|s} x_s, σ²_{t|s} I) for scalar times s < t, ε drawn in ``space``."""
+    a_ts, var_ts = transition(schedule, t, s)
+    return a_ts.to(x_s) * x_s + var_ts.clamp(min=0).sqrt().to(x_s) * space.randn_like(x_s, generator)
