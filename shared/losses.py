@@ -81,10 +81,14 @@ class EDMWeighting:
 class DenoisingScoreMatching:
     """Per-element DSM loss; reduce it with ``mean_per_item``."""
 
-    def __init__(self, weighting=None, time_sampler=None, self_conditioning_rate: float = 0.5):
+    def __init__(self, weighting=None, time_sampler=None, self_conditioning_rate: float = 0.5,
+                 input_perturbation: float = 0.0):
+        if input_perturbation < 0:
+            raise ValueError(f"loss.input_perturbation must be >= 0, got {input_perturbation}")
         self.weighting = weighting or SimpleWeighting()
         self.time_sampler = time_sampler or UniformTime()
         self.self_conditioning_rate = self_conditioning_rate  # used when the denoiser is self-conditioned
+        self.input_perturbation = input_perturbation
 
     def __call__(self, denoiser, x0, cond=None, space=None, generator=None, t=None, noise=None):
         """``t`` (per item) and ``noise`` may be given, e.g. drawn for a global batch and sharded."""
@@ -95,6 +99,7 @@ class DenoisingScoreMatching:
             t = self.time_sampler(space.num_items(x0), schedule, generator, x0.device)
         eps = space.randn_like(x0, generator) if noise is None else space.project(noise.to(x0))
         t_rows = space.to_rows(t)
+        eps = self._perturbed(eps, space, generator)
         x_t = diffuse(schedule, x0, t_rows, eps)
         estimate = training_estimate(denoiser, x_t, t_rows, cond, self.self_conditioning_rate, generator)
         raw, alpha, sigma = denoiser.raw(x_t, t_rows, cond, estimate)
@@ -105,6 +110,14 @@ class DenoisingScoreMatching:
         # the prediction is projected like x̂_0 is in sampling (zero CoM, zero padding): only the
         # space's own degrees of freedom are learned
         return append_dims(weight, x0.ndim) * (space.project(raw) - target) ** 2
+
+    def _perturbed(self, eps, space, generator):
+        """ε + γξ: x_t carries more noise than t says, and the target is still the clean x_0, so the
+        network learns to pull back inputs a little off the forward process, as its own samples are
+        (exposure bias; after Ning et al. 2023, DDPM-IP, whose ε-target keeps ε without γξ)."""
+        if not self.input_perturbation:
+            return eps
+        return eps + self.input_perturbation * space.randn_like(eps, generator)
 
 
 def mean_per_item(space, per_element: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -53,9 +53,34 @@ def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=N
     return x
 
 
+def _check_refinement(steps: int, t) -> torch.Tensor:
+    if steps < 0:
+        raise ValueError(f"sampler.refine_steps must be >= 0, got {steps}")
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if steps and not 0 < float(t) < 1:
+        raise ValueError(f"sampler.refine_time must lie in (0, 1), got {float(t)}")
+    return t
+
+
+@torch.no_grad()
+def refine_to_mode(denoiser, x, schedule, t, steps: int, space, cond=None):
+    """``steps`` times x ← x̂_0(α_t x, t), the finished sample placed at noise level t without noise.
+
+    By Tweedie x̂_0(x_t) = (x_t + σ_t² ∇log p_t(x_t))/α_t, so each is a step x ← x + (σ_t²/α_t) ∇log p_t(α_t x)
+    of ascent on the data density blurred to level t: the Langevin corrector of predictor-corrector
+    sampling (Song et al. 2021) at zero temperature. It pulls a sample to a nearby mode, at some cost in
+    diversity.
+    """
+    t = _check_refinement(steps, t)
+    alpha = schedule.alpha(t).to(x)
+    for _ in range(steps):
+        x = denoise(denoiser, alpha * x, t, space, cond)
+    return x
+
+
 @torch.no_grad()
 def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None,
-                noise_scale: float = 1.0, resample: int = 1):
+                noise_scale: float = 1.0, resample: int = 1, refine_steps: int = 0, refine_time: float = 0.1):
     """Ancestral sampling from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7).
 
     ``noise_scale`` < 1 shrinks the fresh noise of every step: low-temperature sampling, which trades
@@ -64,9 +89,11 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
     ``resample`` > 1 takes every step that many times, going back to t by the forward process
     q(x_t | x_s) in between (RePaint, Lugmayr et al. 2022, Alg. 1 with jump length 1): with an
     inpainting denoiser the generated part then harmonises with the known part.
+    ``refine_steps`` > 0 ends with that many ``refine_to_mode`` steps at ``refine_time``.
     """
     if resample < 1:
         raise ValueError(f"sampler.resample must be >= 1, got {resample}")
+    _check_refinement(refine_steps, refine_time)  # before the sampling, not after it
     space = space or EuclideanSpace()
 
     def move(x, t, s, x0):
@@ -79,7 +106,8 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
             x0 = denoise(denoiser, x, t, space, cond)
         return move(x, t, s, x0)
 
-    return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
+    x = _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
+    return refine_to_mode(denoiser, x, schedule, refine_time, refine_steps, space, cond)
 
 
 @torch.no_grad()

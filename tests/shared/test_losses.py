@@ -8,7 +8,8 @@ from torch import nn
 from shared.denoiser import Denoiser
 from shared.losses import (DenoisingScoreMatching, EDMWeighting, ELBOWeighting, LogNormalSigma, MinSNRWeighting,
                            UniformTime, mean_per_item)
-from shared.parameterization import EDMPreconditioning, EpsilonPrediction, SamplePrediction, VPrediction
+from shared.parameterization import (EDMPreconditioning, EpsilonPrediction, ResidualSamplePrediction, SamplePrediction,
+                                     VPrediction)
 from shared.samplers import sample_dpmpp_2m
 from shared.schedules import CosineSchedule, KarrasSchedule, LinearSchedule
 from shared.spaces import MaskedSetSpace
@@ -52,6 +53,25 @@ def _loss_and_manual(param, weighting, schedule=CosineSchedule()):
     x_t = alpha * x0 + sigma * eps
     x0_hat = denoiser(x_t, t)
     return loss, x0, eps, x0_hat, alpha, sigma, denoiser.raw(x_t, t)[0]
+
+
+@pytest.mark.parametrize("param", [SamplePrediction(), ResidualSamplePrediction()], ids=["x0", "residual"])
+def test_input_perturbation_noises_the_input_and_keeps_the_clean_target(param):
+    """x_t = αx_0 + σ(ε + γξ) (ξ drawn after ε) is what the network sees; its x̂_0 is still held to x_0."""
+    schedule, gamma = CosineSchedule(), 0.3
+    denoiser = Denoiser(Affine(), schedule, param)
+    x0 = torch.randn(5, 3, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.05, 0.2, 0.5, 0.7, 0.9], dtype=torch.float64)
+    loss = DenoisingScoreMatching(input_perturbation=gamma)(denoiser, x0, generator=torch.Generator().manual_seed(1), t=t)
+    g = torch.Generator().manual_seed(1)
+    eps, xi = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
+    alpha, sigma = (c.float().view(-1, 1, 1) for c in schedule.alpha_sigma(t))
+    x0_hat = denoiser(alpha * x0 + sigma * (eps + gamma * xi), t)
+    torch.testing.assert_close(loss, (x0_hat - x0) ** 2)
+    unperturbed = DenoisingScoreMatching()(denoiser, x0, generator=torch.Generator().manual_seed(1), t=t)
+    assert not torch.allclose(unperturbed, loss)
+    with pytest.raises(ValueError, match="input_perturbation"):
+        DenoisingScoreMatching(input_perturbation=-0.1)
 
 
 def test_simple_eps_loss_is_the_ddpm_objective():

@@ -8,7 +8,7 @@ from oracles import GaussianOracle
 from shared.adaptive import sample_rk45
 from shared.diffusers_adapter import sample_diffusers
 from shared.forward_process import posterior
-from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
+from shared.samplers import refine_to_mode, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
 from shared.schedules import CosineSchedule, KarrasSchedule, LinearSchedule, PolynomialSchedule
 from shared.spaces import EuclideanSpace, ZeroCoMSpace
 
@@ -156,3 +156,23 @@ def test_ddpm_resample_below_one_is_named_in_the_error():
     schedule = CosineSchedule()
     with pytest.raises(ValueError, match="sampler.resample"):
         sample_ddpm(GaussianOracle(schedule), torch.randn(4, 2), schedule, 10, resample=0)
+
+
+def test_refine_to_mode_contracts_to_the_mode_in_closed_form():
+    """For N(μ, s²) data x̂_0(α_t x, t) = μ + c (x − μ) with c = α²s² / (α²s² + σ²): k steps shrink
+    x − μ by c^k (ascent on log p_t ends at its mode μ); sample_ddpm ends with those steps."""
+    schedule, t = CosineSchedule(), 0.3
+    oracle = GaussianOracle(schedule, MEAN, STD)
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    c = float(alpha**2 * STD**2 / (alpha**2 * STD**2 + sigma**2))
+    torch.testing.assert_close(refine_to_mode(oracle, x, schedule, t, 5, EuclideanSpace()), MEAN + c**5 * (x - MEAN))
+    torch.testing.assert_close(refine_to_mode(oracle, x, schedule, t, 0, EuclideanSpace()), x)
+    plain = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1))
+    refined = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
+                          refine_steps=3, refine_time=t)
+    torch.testing.assert_close(refined, MEAN + c**3 * (plain - MEAN))
+    with pytest.raises(ValueError, match="sampler.refine_steps"):
+        sample_ddpm(oracle, x, schedule, 5, refine_steps=-1)
+    with pytest.raises(ValueError, match="sampler.refine_time"):
+        sample_ddpm(oracle, x, schedule, 5, refine_steps=2, refine_time=1.5)
