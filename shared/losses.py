@@ -90,8 +90,9 @@ class DenoisingScoreMatching:
         self.self_conditioning_rate = self_conditioning_rate  # used when the denoiser is self-conditioned
         self.input_perturbation = input_perturbation
 
-    def __call__(self, denoiser, x0, cond=None, space=None, generator=None, t=None, noise=None):
-        """``t`` (per item) and ``noise`` may be given, e.g. drawn for a global batch and sharded."""
+    def __call__(self, denoiser, x0, cond=None, space=None, generator=None, t=None, noise=None, perturbation=None):
+        """``t`` (per item), ``noise`` and ``perturbation`` (ξ) may be given, e.g. drawn for a global batch
+        and sharded (``global_draws``)."""
         space = space or EuclideanSpace()
         schedule, parameterization = denoiser.schedule, denoiser.parameterization
         x0 = space.project(x0.float())
@@ -99,7 +100,7 @@ class DenoisingScoreMatching:
             t = self.time_sampler(space.num_items(x0), schedule, generator, x0.device)
         eps = space.randn_like(x0, generator) if noise is None else space.project(noise.to(x0))
         t_rows = space.to_rows(t)
-        eps = self._perturbed(eps, space, generator)
+        eps = self._perturbed(eps, perturbation, space, generator)
         x_t = diffuse(schedule, x0, t_rows, eps)
         estimate = training_estimate(denoiser, x_t, t_rows, cond, self.self_conditioning_rate, generator)
         raw, alpha, sigma = denoiser.raw(x_t, t_rows, cond, estimate)
@@ -111,13 +112,22 @@ class DenoisingScoreMatching:
         # space's own degrees of freedom are learned
         return append_dims(weight, x0.ndim) * (space.project(raw) - target) ** 2
 
-    def _perturbed(self, eps, space, generator):
+    def global_draws(self, random, x0) -> dict[str, torch.Tensor]:
+        """ε, and ξ when ``input_perturbation`` > 0, drawn by the trainer's ``BatchRandomness`` for the
+        global micro-batch (process-count invariance): keyword arguments for ``__call__``."""
+        draws = {"noise": random.randn_like(x0)}
+        if self.input_perturbation:
+            draws["perturbation"] = random.randn_like(x0)
+        return draws
+
+    def _perturbed(self, eps, perturbation, space, generator):
         """ε + γξ: x_t carries more noise than t says, and the target is still the clean x_0, so the
         network learns to pull back inputs a little off the forward process, as its own samples are
         (exposure bias; after Ning et al. 2023, DDPM-IP, whose ε-target keeps ε without γξ)."""
         if not self.input_perturbation:
             return eps
-        return eps + self.input_perturbation * space.randn_like(eps, generator)
+        xi = space.randn_like(eps, generator) if perturbation is None else space.project(perturbation.to(eps))
+        return eps + self.input_perturbation * xi
 
 
 def mean_per_item(space, per_element: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,8 @@ class LatentDiffusionStage:
         index[random.rand(len(index)).cpu() < self.cfg_dropout] = self.conditions.null_index
         cond = self.conditions(index, z.device)
         t = random.draw(self.loss.time_sampler, len(z), self.denoiser.schedule)
-        loss = self.loss(self.denoiser, z, cond, t=t, noise=random.randn_like(z), generator=random.generator).mean()
+        loss = self.loss(self.denoiser, z, cond, t=t, **self.loss.global_draws(random, z),
+                         generator=random.generator).mean()
         return {"main": loss}, {"loss": float(loss.detach())}
 
     def finalize(self):

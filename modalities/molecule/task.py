@@ -133,7 +133,7 @@ class MoleculeDiffusionStage:
             keep = random.rand(molecules.num_molecules).to(z.device) >= self.cfg_dropout
             cond = cond.with_presence(keep)
         t = random.draw(self.loss.time_sampler, molecules.num_molecules, self.denoiser.schedule).to(z.device)
-        per_element = self.loss(self.denoiser, z, cond, space=space, t=t, noise=random.randn_like(z),
+        per_element = self.loss(self.denoiser, z, cond, space=space, t=t, **self.loss.global_draws(random, z),
                                 generator=random.generator)  # the self-conditioning coin, same on every rank
         loss = mean_per_item(space, per_element, z).mean()
         return {"main": loss}, {"loss": float(loss.detach())}

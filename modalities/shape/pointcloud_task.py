@@ -126,7 +126,8 @@ class PointPriorStage:
         labels[random.rand(len(labels)).cpu() < self.cfg_dropout] = self.label_encoder.null_index
         t = random.draw(self.loss.time_sampler, len(h), self.denoiser.schedule)
         cond = point_condition(z0, self.label_encoder, labels)
-        loss = self.loss(self.denoiser, h, cond, t=t, noise=random.randn_like(h), generator=random.generator).mean()
+        loss = self.loss(self.denoiser, h, cond, t=t, **self.loss.global_draws(random, h),
+                         generator=random.generator).mean()
         return {"main": loss}, {"loss": float(loss.detach())}
 
     def finalize(self):

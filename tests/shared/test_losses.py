@@ -68,6 +68,8 @@ def test_input_perturbation_noises_the_input_and_keeps_the_clean_target(param):
     alpha, sigma = (c.float().view(-1, 1, 1) for c in schedule.alpha_sigma(t))
     x0_hat = denoiser(alpha * x0 + sigma * (eps + gamma * xi), t)
     torch.testing.assert_close(loss, (x0_hat - x0) ** 2)
+    given = DenoisingScoreMatching(input_perturbation=gamma)(denoiser, x0, t=t, noise=eps, perturbation=xi)
+    torch.testing.assert_close(given, loss)  # ξ drawn by the trainer for the global batch, as ε
     unperturbed = DenoisingScoreMatching()(denoiser, x0, generator=torch.Generator().manual_seed(1), t=t)
     assert not torch.allclose(unperturbed, loss)
     with pytest.raises(ValueError, match="input_perturbation"):
