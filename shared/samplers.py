@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from omegaconf import ListConfig
 
 from shared.forward_process import posterior, renoise
 from shared.schedules import NoiseSchedule
@@ -53,13 +54,21 @@ def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=N
     return x
 
 
-def _check_refinement(steps: int, t) -> torch.Tensor:
-    if steps < 0:
-        raise ValueError(f"sampler.refine_steps must be >= 0, got {steps}")
-    t = torch.as_tensor(t, dtype=torch.float64)
-    if steps and not 0 < float(t) < 1:
-        raise ValueError(f"sampler.refine_time must lie in (0, 1), got {float(t)}")
-    return t
+def refinement_stages(steps, times) -> list[tuple[int, torch.Tensor]]:
+    """``sampler.refine_steps`` / ``refine_time`` as (steps, t) stages: two numbers, or two lists of one length."""
+    steps_list = list(steps) if isinstance(steps, (list, tuple, ListConfig)) else [steps]
+    times_list = list(times) if isinstance(times, (list, tuple, ListConfig)) else [times] * len(steps_list)
+    if len(times_list) != len(steps_list):
+        raise ValueError(f"sampler.refine_steps {steps_list} and sampler.refine_time {times_list} "
+                         "need one time per stage")
+    stages = []
+    for k, t in zip(steps_list, times_list):
+        if int(k) < 0:
+            raise ValueError(f"sampler.refine_steps must be >= 0, got {k}")
+        if k and not 0 < float(t) < 1:
+            raise ValueError(f"sampler.refine_time must lie in (0, 1), got {float(t)}")
+        stages.append((int(k), torch.as_tensor(float(t), dtype=torch.float64)))
+    return stages
 
 
 @torch.no_grad()
@@ -71,7 +80,7 @@ def refine_to_mode(denoiser, x, schedule, t, steps: int, space, cond=None):
     sampling (Song et al. 2021) at zero temperature. It pulls a sample to a nearby mode, at some cost in
     diversity.
     """
-    t = _check_refinement(steps, t)
+    [(steps, t)] = refinement_stages(steps, t)
     alpha = schedule.alpha(t).to(x)
     for _ in range(steps):
         x = denoise(denoiser, alpha * x, t, space, cond)
@@ -80,7 +89,7 @@ def refine_to_mode(denoiser, x, schedule, t, steps: int, space, cond=None):
 
 @torch.no_grad()
 def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None,
-                noise_scale: float = 1.0, resample: int = 1, refine_steps: int = 0, refine_time: float = 0.1):
+                noise_scale: float = 1.0, resample: int = 1, refine_steps=0, refine_time=0.1):
     """Ancestral sampling from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7).
 
     ``noise_scale`` < 1 shrinks the fresh noise of every step: low-temperature sampling, which trades
@@ -89,11 +98,13 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
     ``resample`` > 1 takes every step that many times, going back to t by the forward process
     q(x_t | x_s) in between (RePaint, Lugmayr et al. 2022, Alg. 1 with jump length 1): with an
     inpainting denoiser the generated part then harmonises with the known part.
-    ``refine_steps`` > 0 ends with that many ``refine_to_mode`` steps at ``refine_time``.
+    ``refine_steps`` > 0 ends with that many ``refine_to_mode`` steps at ``refine_time``; two lists run
+    stages in turn, e.g. [40, 10] at [0.15, 0.03]: annealed (Song & Ermon 2019), the sample first pulled
+    into a mode's basin of the more blurred density, then to that mode's sharper position near the data.
     """
     if resample < 1:
         raise ValueError(f"sampler.resample must be >= 1, got {resample}")
-    _check_refinement(refine_steps, refine_time)  # before the sampling, not after it
+    stages = refinement_stages(refine_steps, refine_time)  # before the sampling, not after it
     space = space or EuclideanSpace()
 
     def move(x, t, s, x0):
@@ -107,7 +118,9 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
         return move(x, t, s, x0)
 
     x = _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
-    return refine_to_mode(denoiser, x, schedule, refine_time, refine_steps, space, cond)
+    for k, t in stages:
+        x = refine_to_mode(denoiser, x, schedule, t, k, space, cond)
+    return x
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ import functools
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from oracles import GaussianOracle
 from shared.adaptive import sample_rk45
@@ -176,3 +177,26 @@ def test_refine_to_mode_contracts_to_the_mode_in_closed_form():
         sample_ddpm(oracle, x, schedule, 5, refine_steps=-1)
     with pytest.raises(ValueError, match="sampler.refine_time"):
         sample_ddpm(oracle, x, schedule, 5, refine_steps=2, refine_time=1.5)
+
+
+def test_annealed_refinement_runs_its_stages_in_turn_in_closed_form():
+    """refine_steps [k1, k2] at refine_time [t1, t2] shrinks x − μ by c(t1)^k1 · c(t2)^k2; a config's lists work
+    as Python lists do, and lists of two lengths are named in the error."""
+    schedule, times, steps = CosineSchedule(), [0.3, 0.05], [3, 2]
+    oracle = GaussianOracle(schedule, MEAN, STD)
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+
+    def contraction(t):
+        alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+        return float(alpha**2 * STD**2 / (alpha**2 * STD**2 + sigma**2))
+
+    plain = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1))
+    expected = MEAN + contraction(0.3) ** 3 * contraction(0.05) ** 2 * (plain - MEAN)
+    for refine_steps, refine_time in [(steps, times), (OmegaConf.create(steps), OmegaConf.create(times))]:
+        refined = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
+                              refine_steps=refine_steps, refine_time=refine_time)
+        torch.testing.assert_close(refined, expected)
+    with pytest.raises(ValueError, match="one time per stage"):
+        sample_ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3])
+    with pytest.raises(ValueError, match="sampler.refine_time"):
+        sample_ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3, 0.0])
