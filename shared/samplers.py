@@ -7,10 +7,10 @@ on data even for schedules with ᾱ(0) < 1. Guidance is a denoiser wrapper; samp
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
-from omegaconf import ListConfig
 
 from shared.forward_process import posterior, renoise
 from shared.schedules import NoiseSchedule
@@ -55,9 +55,13 @@ def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=N
 
 
 def refinement_stages(steps, times) -> list[tuple[int, torch.Tensor]]:
-    """``sampler.refine_steps`` / ``refine_time`` as (steps, t) stages: two numbers, or two lists of one length."""
-    steps_list = list(steps) if isinstance(steps, (list, tuple, ListConfig)) else [steps]
-    times_list = list(times) if isinstance(times, (list, tuple, ListConfig)) else [times] * len(steps_list)
+    """``sampler.refine_steps`` / ``refine_time`` as (steps, t) stages: two numbers, two lists of one length
+    (a config's ListConfig is a Sequence too), or a list of steps at one time."""
+    def is_list(value):
+        return isinstance(value, Sequence) and not isinstance(value, str)
+
+    steps_list = list(steps) if is_list(steps) else [steps]
+    times_list = list(times) if is_list(times) else [times] * len(steps_list)
     if len(times_list) != len(steps_list):
         raise ValueError(f"sampler.refine_steps {steps_list} and sampler.refine_time {times_list} "
                          "need one time per stage")

@@ -159,14 +159,19 @@ def test_ddpm_resample_below_one_is_named_in_the_error():
         sample_ddpm(GaussianOracle(schedule), torch.randn(4, 2), schedule, 10, resample=0)
 
 
+def gaussian_contraction(schedule, t: float) -> float:
+    """c = α²s² / (α²s² + σ²): x̂_0(α_t x, t) = μ + c (x − μ) for N(μ, s²) data."""
+    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    return float(alpha**2 * STD**2 / (alpha**2 * STD**2 + sigma**2))
+
+
 def test_refine_to_mode_contracts_to_the_mode_in_closed_form():
     """For N(μ, s²) data x̂_0(α_t x, t) = μ + c (x − μ) with c = α²s² / (α²s² + σ²): k steps shrink
     x − μ by c^k (ascent on log p_t ends at its mode μ); sample_ddpm ends with those steps."""
     schedule, t = CosineSchedule(), 0.3
     oracle = GaussianOracle(schedule, MEAN, STD)
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
-    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
-    c = float(alpha**2 * STD**2 / (alpha**2 * STD**2 + sigma**2))
+    c = gaussian_contraction(schedule, t)
     torch.testing.assert_close(refine_to_mode(oracle, x, schedule, t, 5, EuclideanSpace()), MEAN + c**5 * (x - MEAN))
     torch.testing.assert_close(refine_to_mode(oracle, x, schedule, t, 0, EuclideanSpace()), x)
     plain = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1))
@@ -186,12 +191,8 @@ def test_annealed_refinement_runs_its_stages_in_turn_in_closed_form():
     oracle = GaussianOracle(schedule, MEAN, STD)
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
 
-    def contraction(t):
-        alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
-        return float(alpha**2 * STD**2 / (alpha**2 * STD**2 + sigma**2))
-
     plain = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1))
-    expected = MEAN + contraction(0.3) ** 3 * contraction(0.05) ** 2 * (plain - MEAN)
+    expected = MEAN + gaussian_contraction(schedule, 0.3) ** 3 * gaussian_contraction(schedule, 0.05) ** 2 * (plain - MEAN)
     for refine_steps, refine_time in [(steps, times), (OmegaConf.create(steps), OmegaConf.create(times))]:
         refined = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
                               refine_steps=refine_steps, refine_time=refine_time)
