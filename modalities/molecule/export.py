@@ -5,6 +5,7 @@ layout of ``metrics``: ``positions`` [num_atoms, 3] Å, ``atom_types`` [num_atom
 """
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,8 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from rdkit import Chem, rdBase
-from rdkit.Chem import AllChem, Draw
-from rdkit.Chem.Draw import rdMolDraw2D
+from rdkit.Chem import AllChem
 
 from shared.atomic_files import atomic_write
 from modalities.molecule.elements import QM9_ELEMENTS
@@ -132,8 +132,20 @@ def read_xyz(path) -> tuple[list[str], np.ndarray, str]:
     return symbols, coordinates.reshape(count, 3), lines[1] if len(lines) > 1 else ""
 
 
+def rdkit_drawing():
+    """RDKit's drawing module, imported when a grid is drawn: it links the X rendering library
+    (libXrender), which headless machines often lack, and training and sampling need it nowhere else."""
+    try:
+        return importlib.import_module("rdkit.Chem.Draw")
+    except ImportError as error:
+        raise ImportError(f"the molecule grid PNG needs RDKit's drawing module, which failed to load ({error}); "
+                          "install the X rendering library (e.g. apt-get install libxrender1)") from error
+    return Draw
+
+
 def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool, cell_size: int) -> Chem.Mol | None:
     """A drawable 2D copy, or None when even that fails (the cell is then left empty)."""
+    rdMolDraw2D = rdkit_drawing().rdMolDraw2D
     try:
         depiction = Chem.Mol(molecule)
         if not hydrogens:
@@ -172,7 +184,7 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
             else:
                 labels.append("invalid" if depiction is not None else "invalid (not drawable)")
         per_row = max(1, min(per_row, len(drawn) or 1))
-        image = Draw.MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=per_row,
+        image = rdkit_drawing().MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=per_row,
                                      subImgSize=(cell_size, cell_size), legends=labels or [""],
                                      useSVG=False)
     _label_empty_cells(image, [k for k, m in enumerate(drawn) if m.GetNumAtoms() == 0], labels, per_row,

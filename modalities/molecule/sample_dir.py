@@ -4,6 +4,7 @@ depictions, optionally ``chain.gif``, and the ``samples.jsonl`` index, written l
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,10 @@ def write_molecule_samples(out_dir: Path, positions: torch.Tensor, atom_types: t
     files = [path.name for path in write_xyz(out_dir, positions, atom_types, batch)]
     write_sdf(out_dir / SDF_FILE, positions, atom_types, batch, names=[Path(f).stem for f in files])
     shown = int(num_atoms[:grid_max].sum())
-    write_grid_png(out_dir / GRID_FILE, positions[:shown], atom_types[:shown], batch[:shown])
+    try:
+        write_grid_png(out_dir / GRID_FILE, positions[:shown], atom_types[:shown], batch[:shown])
+    except ImportError as error:  # a headless machine without libXrender: every other file is still written
+        warnings.warn(f"{out_dir / GRID_FILE} not written: {error}", stacklevel=2)
     if chain is not None:
         write_chain_gif(out_dir / CHAIN_FILE, chain, atom_types[:int(num_atoms[0])])
     atomic_savez(out_dir / ARRAYS_FILE, {"positions": positions.numpy(), "atom_types": atom_types.numpy(),

@@ -1,6 +1,8 @@
 """Molecule exports: SDF, XYZ, PNG grid and denoising-chain GIF."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,20 @@ def test_write_failure_names_the_path(tmp_path, samples):
         write_sdf(blocker / "samples.sdf", positions, types, batch)
     with pytest.raises(ValueError, match="2 names for 3 molecules"):
         write_sdf(tmp_path / "x.sdf", positions, types, batch, names=["a", "b"])
+
+
+def test_headless_machine_writes_every_file_but_the_grid(tmp_path, samples, monkeypatch):
+    """Without libXrender RDKit's drawing module cannot load: the grid is skipped with a warning that
+    names the fix, the sample directory is otherwise complete and readable."""
+    from modalities.molecule.sample_dir import read_molecule_samples, write_molecule_samples
+
+    _, positions, types, batch = samples
+    monkeypatch.setitem(sys.modules, "rdkit.Chem.Draw", None)   # any import of it now raises ImportError
+    with pytest.raises(ImportError, match="libxrender1"):
+        write_grid_png(tmp_path / "grid.png", positions, types, batch)
+    num_atoms = torch.bincount(batch)
+    with pytest.warns(UserWarning, match="grid.png not written.*libxrender1"):
+        out = write_molecule_samples(tmp_path / "samples", positions, types, num_atoms, [{}] * len(num_atoms))
+    assert not (out / "grid.png").exists()
+    assert {"samples.jsonl", "samples.npz", "samples.sdf", "000002.xyz"} <= {p.name for p in out.iterdir()}
+    assert torch.equal(read_molecule_samples(out)["num_atoms"], num_atoms)
