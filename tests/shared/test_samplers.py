@@ -159,6 +159,24 @@ def test_ddpm_resample_below_one_is_named_in_the_error():
         sample_ddpm(GaussianOracle(schedule), torch.randn(4, 2), schedule, 10, resample=0)
 
 
+def test_ddpm_noise_scale_per_channel_scales_each_channel_alone():
+    """A list scales the fresh noise per channel of the last axis: under an elementwise oracle each channel
+    equals, exactly, that channel of a run at its own scalar (the same draws, scaled); a wrong length is named."""
+    schedule = CosineSchedule()
+    oracle = GaussianOracle(schedule, MEAN, STD)
+    x_T = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
+
+    def run(noise_scale):
+        return sample_ddpm(oracle, x_T, schedule, 30, generator=torch.Generator().manual_seed(1),
+                           noise_scale=noise_scale)
+
+    mixed = run(OmegaConf.create([1.0, 0.0, 0.5]))
+    for channel, scalar in enumerate([1.0, 0.0, 0.5]):
+        torch.testing.assert_close(mixed[:, channel], run(scalar)[:, channel])
+    with pytest.raises(ValueError, match="sampler.noise_scale .*one scale per channel"):
+        run([0.6, 1.0])
+
+
 def gaussian_contraction(schedule, t: float) -> float:
     """c = α²s² / (α²s² + σ²): x̂_0(α_t x, t) = μ + c (x − μ) for N(μ, s²) data."""
     alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
@@ -197,6 +215,12 @@ def test_annealed_refinement_runs_its_stages_in_turn_in_closed_form():
         refined = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
                               refine_steps=refine_steps, refine_time=refine_time)
         torch.testing.assert_close(refined, expected)
+    one_number = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1), refine_steps=2,
+                             refine_time=times)   # that many steps at each listed time; 0 turns them off
+    torch.testing.assert_close(one_number, MEAN + (gaussian_contraction(schedule, 0.3) * gaussian_contraction(
+        schedule, 0.05)) ** 2 * (plain - MEAN))
+    torch.testing.assert_close(sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
+                                           refine_steps=0, refine_time=OmegaConf.create(times)), plain)
     with pytest.raises(ValueError, match="one time per stage"):
         sample_ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3])
     with pytest.raises(ValueError, match="sampler.refine_time"):
