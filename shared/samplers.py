@@ -61,9 +61,11 @@ def refinement_stages(steps, times) -> list[tuple[int, torch.Tensor]]:
     def is_list(value):
         return isinstance(value, Sequence) and not isinstance(value, str)
 
-    times_list = list(times) if is_list(times) else None
-    steps_list = list(steps) if is_list(steps) else [steps] * len(times_list or [None])
-    times_list = times_list if times_list is not None else [times] * len(steps_list)
+    if is_list(steps):
+        steps_list = list(steps)
+    else:
+        steps_list = [steps] * (len(times) if is_list(times) else 1)
+    times_list = list(times) if is_list(times) else [times] * len(steps_list)
     if len(times_list) != len(steps_list):
         raise ValueError(f"sampler.refine_steps {steps_list} and sampler.refine_time {times_list} "
                          "need one time per stage")

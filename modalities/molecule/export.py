@@ -140,7 +140,6 @@ def rdkit_drawing():
     except ImportError as error:
         raise ImportError(f"the molecule grid PNG needs RDKit's drawing module, which failed to load ({error}); "
                           "install the X rendering library (e.g. apt-get install libxrender1)") from error
-    return Draw
 
 
 def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool, cell_size: int) -> Chem.Mol | None:
@@ -185,8 +184,8 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
                 labels.append("invalid" if depiction is not None else "invalid (not drawable)")
         per_row = max(1, min(per_row, len(drawn) or 1))
         image = rdkit_drawing().MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=per_row,
-                                     subImgSize=(cell_size, cell_size), legends=labels or [""],
-                                     useSVG=False)
+                                                subImgSize=(cell_size, cell_size), legends=labels or [""],
+                                                useSVG=False)
     _label_empty_cells(image, [k for k, m in enumerate(drawn) if m.GetNumAtoms() == 0], labels, per_row,
                        cell_size)
     buffer = io.BytesIO()
