@@ -43,6 +43,7 @@ class Split(str, Enum):
 class Precision(str, Enum):
     bf16 = "bf16"
     fp32 = "fp32"
+    auto = "auto"
 
 
 # Types only: every default lives in the YAML tree (MISSING here), so there is one source of defaults.

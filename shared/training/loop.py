@@ -8,6 +8,7 @@ Everything random is a function of (seed, step), so resuming from a checkpoint i
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from shared.training.checkpoint import (flatten_optimizer, latest_checkpoint, lo
                                         unflatten_optimizer, with_prefix)
 from shared.training.ema import EMA
 from shared.training.metrics_log import MetricsLog
+from shared.training.precision import resolve_precision
 from shared.training.randomness import BatchRandomness, derive_seed
 
 
@@ -61,7 +63,7 @@ class TrainerSettings:
     optimizer: Callable  # partial: optimizer(params) -> torch.optim.Optimizer
     lr_schedule: Callable | None = None  # partial: lr_schedule(step) -> multiplier
     grad_accum: int = 1
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device has native bf16; shared.training.precision)
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     checkpoint_every: int = 500
@@ -89,6 +91,10 @@ class Trainer:
         self.task, self.s, self.seed = task, settings, seed
         self.checkpoint_dir, self.log_dir, self.samples_dir = checkpoint_dir, log_dir, samples_dir
         self.device, self.rank, self.world = device, rank, world
+        precision = resolve_precision(settings.precision, device)
+        if settings.precision == "auto" and rank == 0:
+            print(f"mldm train: {task.name}: trainer.precision=auto -> {precision} on {device.type}", file=sys.stderr)
+        self.autocast_bf16 = precision == "bf16"
         micro = settings.batch_size // settings.grad_accum
         if settings.batch_size % settings.grad_accum or micro % world:
             raise TrainingConfigError(f"trainer.batch_size={settings.batch_size} must split into grad_accum="
@@ -150,7 +156,7 @@ class Trainer:
         for micro in range(self.s.grad_accum):
             batch = self.task.batch(self._micro_indices(micro), self.device)
             random = BatchRandomness(self.seed, self.step, micro, self.rank, self.world, self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.precision == "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                 losses, micro_logs = self.task.losses(batch, random, self.step)
             finite = all(bool(torch.isfinite(v).all()) for v in losses.values())
             if distributed.any_across(not finite, self.world, self.device):

@@ -103,7 +103,7 @@ def test_no_command_prints_help_and_fails(capsys):
 @pytest.mark.parametrize("command,override,message", [
     ("train", "seed=abc", "seed: expected int, got 'abc'"),
     ("train", "resume=maybe", "resume: expected bool"),
-    ("train", "trainer.precision=fp16", "trainer.precision: expected one of bf16|fp32"),
+    ("train", "trainer.precision=fp16", "trainer.precision: expected one of bf16|fp32|auto"),
     ("sample", "guidance_scale=high", "guidance_scale: expected float or null"),
     ("evaluate", "source=web", "source: expected one of samples|data"),
 ])
