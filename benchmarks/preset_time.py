@@ -33,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
 from shared.config import ConfigError, build_config  # noqa: E402
 
 
@@ -99,8 +101,8 @@ def measure_variant(args, name: str, variant_overrides: list[str], out: Path) ->
                             for stage, values in stages.items()}
         result["projected_hours"] = sum(s["projected_hours"] for s in result["stages"].values())
         if args.sample:
-            sample = [sys.executable, "-m", "shared.cli", "sample", f"run_dir={run_dir}",
-                      f"num_samples={args.sample}", f"steps={args.sample_steps}", f"out_dir={out / f'samples_{name}'}", f"device={args.device}"]
+            sample = [sys.executable, "-m", "shared.cli", "sample", f"run_dir={run_dir}", f"num_samples={args.sample}",
+                      f"steps={args.sample_steps}", f"out_dir={out / f'samples_{name}'}", f"device={args.device}"]
             result["sample_wall_s"] = run(sample, out / f"sample_{name}.log")
             result["samples"], result["sample_steps"] = args.sample, args.sample_steps
     except (ConfigError, subprocess.CalledProcessError, OSError, KeyError) as exc:
@@ -126,12 +128,8 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
 
     results = {"experiment": args.experiment, "device": args.device, "overrides": args.override, "variants": []}
-    try:
-        import torch
-        if torch.cuda.is_available() and args.device != "cpu":
-            results["gpu"] = torch.cuda.get_device_name()
-    except ImportError:
-        pass
+    if torch.cuda.is_available() and args.device != "cpu":
+        results["gpu"] = torch.cuda.get_device_name()
     for name, overrides in args.variant or [("preset", [])]:
         row = measure_variant(args, name, overrides, args.out)
         results["variants"].append(row)

@@ -142,9 +142,9 @@ def rdkit_drawing():
                           "install the X rendering library (e.g. apt-get install libxrender1)") from error
 
 
-def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool, cell_size: int) -> Chem.Mol | None:
-    """A drawable 2D copy, or None when even that fails (the cell is then left empty)."""
-    rdMolDraw2D = rdkit_drawing().rdMolDraw2D
+def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool, cell_size: int, draw) -> Chem.Mol | None:
+    """A drawable 2D copy, or None when even that fails (the cell is then left empty); ``draw``: ``rdkit_drawing()``."""
+    rdMolDraw2D = draw.rdMolDraw2D
     try:
         depiction = Chem.Mol(molecule)
         if not hydrogens:
@@ -171,10 +171,11 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
     molecules = _rdkit_molecules(positions, atom_types, batch, elements)[:max_molecules]
     legends = _check_names(legends[:max_molecules] if legends is not None else None,
                            len(molecules), "legends")
+    draw = rdkit_drawing()
     drawn, labels = [], []
     with rdBase.BlockLogs():
         for k, (molecule, sanitized) in enumerate(molecules):
-            depiction = _depiction(molecule, sanitized, hydrogens or not sanitized, cell_size)  # show the defect
+            depiction = _depiction(molecule, sanitized, hydrogens or not sanitized, cell_size, draw)  # show the defect
             drawn.append(depiction if depiction is not None else Chem.Mol())
             if legends is not None:
                 labels.append(legends[k])
@@ -183,9 +184,8 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
             else:
                 labels.append("invalid" if depiction is not None else "invalid (not drawable)")
         per_row = max(1, min(per_row, len(drawn) or 1))
-        image = rdkit_drawing().MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=per_row,
-                                                subImgSize=(cell_size, cell_size), legends=labels or [""],
-                                                useSVG=False)
+        image = draw.MolsToGridImage(drawn or [Chem.Mol()], molsPerRow=per_row,
+                                     subImgSize=(cell_size, cell_size), legends=labels or [""], useSVG=False)
     _label_empty_cells(image, [k for k, m in enumerate(drawn) if m.GetNumAtoms() == 0], labels, per_row,
                        cell_size)
     buffer = io.BytesIO()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "auto")
+from shared.config import Precision
+
+PRECISIONS = tuple(p.value for p in Precision)  # the config schema's names, the one list of them
 
 
 def native_bf16(device: torch.device) -> bool:
