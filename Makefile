@@ -2,12 +2,12 @@
 #
 #   make install   create .venv and install mldm (editable) with test extras
 #   make test      install if needed, then run the default (non-slow) test suite
-#   make demo      install if needed, then train image_tiny, sample 64 images, print the metric line
+#   make demo      install if needed, then train image_tiny, sample 512 images, print the metric line
 #   make core-demo install if needed, then the diffusion core's demonstration (benchmarks/core_demo.py)
 #   make clean     remove build artefacts and caches (keeps .venv)
 #   make distclean clean + remove .venv
 #
-# Overridable: PYTHON, VENV, TORCH_SPEC, DEMO_DIR, PYTEST_ARGS.
+# Overridable: PYTHON, VENV, TORCH_SPEC, DEMO_DIR, DEMO_SEED, PYTEST_ARGS.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -24,6 +24,7 @@ QUIET_PIP   := 2>&1 | sed -u '/is ignored: it is neither a file nor a directory/
 TORCH_SPEC  ?= torch==2.13.0
 STAMP       := $(VENV)/.installed
 DEMO_DIR    ?= outputs/demo
+DEMO_SEED   ?= 0
 MLDM        := $(VPY) -m shared.cli
 PYTEST_ARGS ?=
 
@@ -64,12 +65,12 @@ test: $(STAMP)
 	fi; \
 	exit $$rc
 
-# The image_tiny preset end to end: both stages, 64 samples over the 9 prompts (DPM-Solver++, 20 steps),
-# then the shapes2d judge. A fresh run each time.
+# The image_tiny preset end to end: both stages (training seed DEMO_SEED), 512 samples over the 9 prompts
+# (DPM-Solver++, 20 steps), then the shapes2d judge. A fresh run each time.
 demo: $(STAMP)
 	@start=$$SECONDS; rm -rf $(DEMO_DIR); \
-	$(MLDM) train experiment=image_tiny run_dir=$(DEMO_DIR)/run && \
-	$(MLDM) sample run_dir=$(DEMO_DIR)/run num_samples=64 steps=20 out_dir=$(DEMO_DIR)/samples && \
+	$(MLDM) train experiment=image_tiny seed=$(DEMO_SEED) run_dir=$(DEMO_DIR)/run && \
+	$(MLDM) sample run_dir=$(DEMO_DIR)/run num_samples=512 steps=20 out_dir=$(DEMO_DIR)/samples && \
 	$(MLDM) evaluate run_dir=$(DEMO_DIR)/run samples_dir=$(DEMO_DIR)/samples && \
 	echo "mldm demo: $$((SECONDS - start)) s; samples in $(DEMO_DIR)/samples, run in $(DEMO_DIR)/run"
 

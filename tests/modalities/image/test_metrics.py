@@ -4,8 +4,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from modalities.image.data import COLORS, SHAPES, ShapeParams, Shapes2D, render_shapes
-from modalities.image.metrics import evaluate_samples, judge, judge_image, parse_prompt
+from modalities.image.data import (COLORS, SHAPES, ShapeParams, Shapes2D, caption_for_label, render_shapes,
+                                   uint8_to_float)
+from modalities.image.metrics import evaluate_reconstructions, evaluate_samples, judge, judge_image, parse_prompt
+from shared.autoencoder import DiagonalGaussian, FirstStage
 
 N = 2400
 
@@ -124,3 +126,35 @@ def test_evaluate_samples(generated):
 def test_judge_speed_sanity():
     images, _ = Shapes2D(5000, seed=9).materialize()
     assert judge(images, chunk=1024).valid.shape == (5000,)
+
+
+class PoolingAutoencoder(FirstStage):
+    """Latent = the image average-pooled by ``factor``; decode = nearest upsampling, optionally blurred."""
+
+    def __init__(self, factor: int, blur: bool):
+        super().__init__(latent_channels=3)
+        self.factor, self.blur, self.anchor = factor, blur, torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        z = torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x
+        return DiagonalGaussian(z, torch.zeros_like(z))
+
+    def decode(self, z):
+        x = torch.nn.functional.interpolate(z, scale_factor=self.factor) if self.factor > 1 else z
+        return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False) if self.blur else x
+
+
+@pytest.mark.parametrize("factor, blur", [(1, False), (1, True), (4, False)])
+def test_reconstructions_are_judged_like_samples(generated, factor, blur):
+    """A lossless first stage keeps every image; a 3×3 blur (soft edges) or 4×4 blocks (lost shapes) fail."""
+    images, labels = generated
+    captions = [caption_for_label(int(label)) for label in labels[:256]]
+    metrics = evaluate_reconstructions(PoolingAutoencoder(factor, blur), uint8_to_float(images[:256]), captions,
+                                       batch_size=100)
+    assert metrics["n"] == 256
+    if factor == 1 and not blur:
+        assert metrics["valid_rate"] == metrics["prompt_accuracy"] == 1.0
+    else:
+        assert metrics["valid_rate"] < 0.1 and metrics["prompt_accuracy"] < 0.1
+    if blur:
+        assert metrics["rejected_by"]["sharpness"] > 0.9

@@ -22,10 +22,22 @@ def test_auto_follows_the_hardware(monkeypatch, native):
 
 def test_cpu_probe_reads_the_instruction_sets(monkeypatch):
     """AVX512-BF16 or AMX makes a CPU native; neither (e.g. AVX2 alone) does not."""
+    monkeypatch.setattr(precision, "kernels_use_bf16_instructions", lambda: True)
     for avx512_bf16, amx, expected in [(True, False, True), (False, True, True), (False, False, False)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
         assert precision.native_bf16(torch.device("cpu")) is expected
+
+
+def test_kernels_held_to_avx2_are_not_native(monkeypatch):
+    """A bf16 CPU whose torch may use only AVX2 kernels emulates bf16: auto must pick fp32 there."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not precision.kernels_use_bf16_instructions()
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "fp32"  # ONEDNN_MAX_CPU_ISA=AVX2
 
 
 @pytest.mark.parametrize("native", [True, False])
