@@ -2,8 +2,8 @@
 (the preset's recipe, fewer steps) must reconstruct held-out shapes2d images that pass the shapes2d judge.
 
 Every demo sample is decoded by this autoencoder, so its reconstructions bound what the demo can reach;
-a core change that blurs them (loss, posterior, optimiser, schedule, precision) fails here in about two
-minutes rather than in the 10-minute demo. fp32, so the bound holds on CPUs with and without native bf16.
+a core change that blurs them (loss, posterior, optimiser, schedule, precision) fails here in 2-2.5 minutes
+rather than in the 11-minute demo. fp32, so the bound holds on CPUs with and without native bf16.
 """
 import importlib.util
 import os
@@ -17,8 +17,8 @@ image_reconstructions = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(image_reconstructions)
 
 STEPS = 600          # of the preset's 1,800 (the LR schedule is fitted to STEPS)
-PASS_RATE = 0.75     # measured 0.87 on an AVX512-BF16 CPU; the full preset reaches 0.99. The old recipe's
-                     # blurry plateau judged 0.34 at 800 steps, a blurred decoder ~0 (test_metrics.py).
+PASS_RATE = 0.75     # measured 0.85-0.88 (AVX512 and AVX2 kernels, 1 or 2 threads); the full preset reaches
+                     # 0.99. The old recipe's blurry plateau judged 0.34, a blurred decoder ~0 (test_metrics.py).
 
 
 def test_the_demo_autoencoder_reconstructs_shapes_the_judge_accepts(tmp_path):
