@@ -133,7 +133,8 @@ class PoolingAutoencoder(FirstStage):
 
     def __init__(self, factor: int, blur: bool):
         super().__init__(latent_channels=3)
-        self.factor, self.blur, self.anchor = factor, blur, torch.nn.Parameter(torch.zeros(()))
+        self.factor, self.blur = factor, blur
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a parameter to read the device from
 
     def encode(self, x):
         z = torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x
