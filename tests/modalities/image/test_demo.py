@@ -1,4 +1,4 @@
-"""`make demo` end to end (slow, ~10 min per seed on 2 CPU cores): the README's headline holds — the
+"""`make demo` end to end (slow, ~11 min per seed on 2 CPU cores): the README's headline holds — the
 shapes2d judge passes at least 0.95 of the demo's 512 samples, for each of the three training seeds.
 
     make test PYTEST_ARGS="-m slow -k demo"
