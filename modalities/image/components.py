@@ -24,6 +24,22 @@ def load_images(dataset) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     return images, [item.get("caption", "") for item in items], torch.tensor([item.get("label", -1) for item in items])
 
 
+def build_dataset(cfg: DictConfig, **overrides):
+    """``cfg.data`` with those ``overrides`` its config has keys for (``num_samples`` and ``split`` exist for
+    shapes2d, not for an image folder, which is all of its files)."""
+    return instantiate(cfg.data, **{k: v for k, v in overrides.items() if k in cfg.data})
+
+
+def caption_vocabulary(dataset, labelled: bool) -> list[str]:
+    """The distinct prompts of a dataset, sorted: class indices for a label-conditioned run, else captions
+    (an image folder's from its caption files, without decoding its images)."""
+    if labelled:
+        _, _, labels = load_images(dataset)
+        return sorted({str(int(label)) for label in labels})
+    captions = dataset.captions if hasattr(dataset, "captions") else load_images(dataset)[1]
+    return sorted(set(captions))
+
+
 def to_model(images: torch.Tensor) -> torch.Tensor:
     return uint8_to_float(images) if images.dtype == torch.uint8 else images
 

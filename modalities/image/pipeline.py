@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modalities.image.components import (build_conditioner, build_denoiser, build_first_stage, latent_shape,
-                                         load_images)
+from modalities.image.components import (build_conditioner, build_dataset, build_denoiser, build_first_stage,
+                                         caption_vocabulary, latent_shape, load_images)
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
 from shared.commands import guided_sampler
@@ -67,11 +66,8 @@ class ImagePipeline:
     def prompts(self, num_samples: int, prompt: str | None) -> list[str]:
         if prompt:
             return [prompt] * num_samples
-        _, captions, labels = load_images(instantiate(self.cfg.data, num_samples=min(2000, self.cfg.data.num_samples)))
-        if isinstance(self.conditioner, ClassLabelEncoder):
-            vocabulary = sorted({str(int(label)) for label in labels})
-        else:
-            vocabulary = sorted(set(captions))
+        dataset = build_dataset(self.cfg, num_samples=min(2000, self.cfg.data.get("num_samples", 2000)))
+        vocabulary = caption_vocabulary(dataset, labelled=isinstance(self.conditioner, ClassLabelEncoder))
         return [vocabulary[i % len(vocabulary)] for i in range(num_samples)]
 
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0) -> dict:
@@ -93,8 +89,9 @@ class ImagePipeline:
         return {k: v for k, v in metrics.items() if k in keep}
 
     def evaluate_data(self, split: str, num_samples: int) -> dict:
-        data = instantiate(self.cfg.data, split="train" if split == "all" else split,
-                           num_samples=min(num_samples, self.cfg.data.num_samples))
+        data = build_dataset(self.cfg, split="train" if split == "all" else split,
+                             num_samples=min(num_samples, self.cfg.data.get("num_samples", num_samples)))
         images, captions, _ = load_images(data)
+        images, captions = images[:num_samples], captions[:num_samples]  # an image folder: its first files
         metrics = evaluate_samples(images, prompts=captions)
         return {k: v for k, v in metrics.items() if k in ("n", "valid_rate", "prompt_accuracy", "class_entropy")}

@@ -77,3 +77,27 @@ def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"] for r in records) == [str(i) for i in range(9)]  # one per class label
+
+
+def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path):
+    """Sampling without prompt= draws the training captions; an image folder has no num_samples or split."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text("a red circle" if i % 2 else "a blue square")
+    run = tmp_path / "run"
+    tiny = [arg for arg in TINY if not arg.startswith("data.")]
+    out = mldm("train", *tiny, "data=image_folder", f"data.root={folder}", "stages.autoencoder.max_steps=2",
+               "stages.diffusion.max_steps=2", "trainer.sample_every=0", f"run_dir={run}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    out = mldm("sample", f"run_dir={run}", "num_samples=4", "steps=2", f"out_dir={tmp_path / 's'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["a blue square", "a red circle"] * 2
+    out = mldm("evaluate", f"run_dir={run}", "source=data", "num_samples=5", f"out_dir={tmp_path / 'd'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["n"] == 5
