@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shared.adaptive import sample_rk45
-from shared.denoiser import Denoiser
-from shared.elbo import bits_per_dim, negative_elbo
-from shared.losses import DenoisingScoreMatching, MinSNRWeighting, mean_per_item
-from shared.parameterization import VPrediction
-from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
-from shared.schedules import CosineSchedule, LinearSchedule
-from shared.spaces import EuclideanSpace
+from shared.diffusion.adaptive import sample_rk45
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.elbo import bits_per_dim, negative_elbo
+from shared.diffusion.losses import DenoisingScoreMatching, MinSNRWeighting, mean_per_item
+from shared.diffusion.parameterization import VPrediction
+from shared.diffusion.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
+from shared.diffusion.schedules import CosineSchedule, LinearSchedule
+from shared.diffusion.spaces import EuclideanSpace
 
 FULL = dict(num_samples=16384, steps=(10, 20, 50), ddpm_steps=1000, train_steps=6000, batch=512,
             elbo_steps=(200, 1000), elbo_items=4096, entropy_samples=200_000, projections=128, floor_draws=5)

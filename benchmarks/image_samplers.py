@@ -23,8 +23,8 @@ TARGETS = {"ddpm": "sample_ddpm", "ddim": "sample_ddim", "dpmpp_2m": "sample_dpm
 
 def sampler_config(name: str) -> dict:
     if name == "rk45":
-        return {"_target_": "shared.adaptive.sample_rk45", "_partial_": True}
-    return {"_target_": f"shared.samplers.{TARGETS[name]}", "_partial_": True}
+        return {"_target_": "shared.diffusion.adaptive.sample_rk45", "_partial_": True}
+    return {"_target_": f"shared.diffusion.samplers.{TARGETS[name]}", "_partial_": True}
 
 
 def main(argv=None) -> dict:

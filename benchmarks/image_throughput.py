@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from modalities.image.components import build_conditioner, build_denoiser, build_first_stage, load_images, to_model
-from shared.config import build_config
-from shared.stage_tasks import Conditions, LatentDiffusionStage
+from shared.cli.config import build_config
+from shared.training.stages import Conditions, LatentDiffusionStage
 from shared.training.loop import Trainer, TrainerSettings
 from shared.training.randomness import BatchRandomness
 from hydra.utils import instantiate

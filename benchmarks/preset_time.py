@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from shared.config import ConfigError, build_config  # noqa: E402
+from shared.cli.config import ConfigError, build_config  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, VQModel
 
-from shared.autoencoder import DiagonalGaussian, FirstStage, QuantizedPosterior
+from shared.first_stage.autoencoder import DiagonalGaussian, FirstStage, QuantizedPosterior
 
 
 def _diffusers_config(block_out_channels, config: dict) -> dict:

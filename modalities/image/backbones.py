@@ -1,7 +1,7 @@
 """Image denoising backbones with the core's raw-backbone signature ``backbone(x, time, cond) -> raw``.
 
 ``cond`` is a condition object with ``tokens`` [B, L, D], ``mask`` [B, L] and ``pooled`` [B, D] (text
-or class labels alike, see ``shared.conditioning``): the U-Net attends to the tokens, the DiT is
+or class labels alike, see ``shared.conditioning.conditioners``): the U-Net attends to the tokens, the DiT is
 modulated by the pooled vector.
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modalities.image.data import Shapes2D, caption_for_label, uint8_to_float
-from shared.conditioning import ClassLabelEncoder, TextEncoder
-from shared.denoiser import Denoiser
+from shared.conditioning.conditioners import ClassLabelEncoder, TextEncoder
+from shared.diffusion.denoiser import Denoiser
 
 
 def load_images(dataset) -> tuple[torch.Tensor, list[str], torch.Tensor]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.atomic_files import atomic_write
+from shared.io.atomic_files import atomic_write
 
 INDEX_FILE, ARRAYS_FILE, GRID_FILE = "samples.jsonl", "samples.npz", "grid.png"
 GRID_BORDER = 255           # white 1-px lines between tiles (shapes2d backgrounds are black)
@@ -52,6 +52,10 @@ def _pil(image_hwc: np.ndarray) -> Image.Image:
     return Image.fromarray(image_hwc[..., 0] if image_hwc.shape[-1] == 1 else image_hwc)
 
 
+def _save_png(image: Image.Image, path: Path):
+    atomic_write(path, lambda file: image.save(file, format="PNG"))
+
+
 
 def _previous_files(out_dir: Path) -> set[str]:
     index = out_dir / INDEX_FILE
@@ -80,7 +84,7 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
     files = [f"{i:0{digits}d}.png" for i in range(n)]
     records = []
     for i, (name, image) in enumerate(zip(files, pixels)):
-        _pil(image).save(out_dir / name)
+        _save_png(_pil(image), out_dir / name)
         record = {"file": name}
         if prompts is not None:
             record["prompt"] = str(prompts[i])
@@ -92,7 +96,7 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
     for stale in _previous_files(out_dir) - set(files):
         if Path(stale).name == stale:          # only plain names this exporter wrote
             (out_dir / stale).unlink(missing_ok=True)
-    _pil(make_grid(pixels[:grid_max], per_row)).save(out_dir / GRID_FILE)
+    _save_png(_pil(make_grid(pixels[:grid_max], per_row)), out_dir / GRID_FILE)
 
     arrays = {"images": pixels}
     if prompts is not None:

@@ -11,9 +11,9 @@ from modalities.image.components import (build_conditioner, build_dataset, build
                                          caption_vocabulary, latent_shape, load_images)
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
-from shared.commands import guided_sampler
-from shared.conditioning import ClassLabelEncoder
-from shared.stage_tasks import as_condition
+from shared.cli.commands import guided_sampler
+from shared.conditioning.conditioners import ClassLabelEncoder
+from shared.training.stages import as_condition
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 from modalities.image.components import build_conditioner, build_denoiser, build_first_stage, load_images, to_model
 from modalities.image.export import export_image_samples
-from shared.conditioning import ClassLabelEncoder
-from shared.stage_tasks import AutoencoderStage, Conditions, LatentDiffusionStage
+from shared.conditioning.conditioners import ClassLabelEncoder
+from shared.training.stages import AutoencoderStage, Conditions, LatentDiffusionStage
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -22,8 +22,8 @@ from torch.nn import functional as F
 
 from modalities.molecule.egnn import EGNN
 from modalities.molecule.elements import ATOMIC_NUMBERS, QM9_ELEMENTS
-from shared.autoencoder import DiagonalGaussian, LatentStatistics
-from shared.spaces import ZeroCoMSpace
+from shared.first_stage.autoencoder import DiagonalGaussian, LatentStatistics
+from shared.diffusion.spaces import ZeroCoMSpace
 
 POSITION_DIMS = 3
 

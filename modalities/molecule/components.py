@@ -13,8 +13,8 @@ from modalities.molecule.autoencoder import MoleculeAutoencoder
 from modalities.molecule.condition import MoleculeCondition
 from modalities.molecule.data import normalize_properties, property_statistics
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
-from shared.denoiser import Denoiser
-from shared.spaces import ZeroCoMSpace
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.spaces import ZeroCoMSpace
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -4,7 +4,7 @@ subset, and the statistics a model needs (atom-count histogram, property mean / 
 Data: the 130,831 QM9 molecules qm9pack ships (the 133,885 of QM9 less the 3,054 that failed its
 consistency check), ordered by QM9 index; up to 29 atoms of H, C, N, O, F (``elements.QM9_ELEMENTS``
 gives the type index). Positions are Å, as stored (not centred; centre with
-``shared.spaces.ZeroCoMSpace(batch=...).project``).
+``shared.diffusion.spaces.ZeroCoMSpace(batch=...).project``).
 
 Split (``qm9_split``): ``numpy.random.default_rng(seed).permutation(130831)`` over the molecules in
 QM9-index order; the first 100,000 are train, the next 17,748 val, the last 13,083 test (EDM's
@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from shared.atomic_files import atomic_savez
+from shared.io.atomic_files import atomic_savez
 
 from .elements import QM9_ELEMENTS, element_index
 from .files import MoleculeFiles  # noqa: F401  (re-exported: one import point for molecule data)
@@ -228,12 +228,8 @@ def make_subset(path: str | os.PathLike = SUBSET_PATH, cache_dir: str | os.PathL
     part["split"] = np.repeat(np.arange(3, dtype=np.int8), [sizes[s] for s in ("train", "val", "test")])
     part["meta"] = np.array(json.dumps({"seed": seed, "version": CACHE_VERSION, "sizes": sizes,
                                         "position_scale": SUBSET_POSITION_SCALE}))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **part)
-    os.replace(tmp, path)
-    return path
+    atomic_savez(path, part, compressed=True)
+    return Path(path)
 
 
 def load_subset(path: str | os.PathLike = SUBSET_PATH) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:

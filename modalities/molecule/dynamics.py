@@ -4,12 +4,12 @@
 ``backbone(x_in [n, 3 + k], time [n], cond: MoleculeCondition) -> [n, 3 + k]``: the EGNN runs on
 positions x_in[:, :3] with node inputs [z_h, time, p · present, present]; the output is
 [x_out − x_in with each molecule's mean removed (an equivariant vector, e.g. ε_x), h_out (invariant)].
-The mean removal keeps the prediction in the zero-CoM subspace ``shared.spaces.ZeroCoMSpace`` draws
+The mean removal keeps the prediction in the zero-CoM subspace ``shared.diffusion.spaces.ZeroCoMSpace`` draws
 noise in, so the x-part of an ε- or x̂₀-prediction never leaves it. Under
 ``parameterization=sample_residual`` (x̂₀ = x_t + output) x̂₀'s positions are where the EGNN moved the
 atoms.
 
-With ``self_conditioning`` (Chen et al. 2023; ``shared.self_conditioning``) the EGNN also reads an
+With ``self_conditioning`` (Chen et al. 2023; ``shared.diffusion.self_conditioning``) the EGNN also reads an
 earlier estimate x̃_0: its invariant features and a presence flag per atom, and per edge its squared
 pair distance (and Gaussians of that distance, as the EGNN's own) — invariants only, so the
 network stays E(3)-equivariant. Without an estimate these inputs are zeros.
@@ -23,9 +23,9 @@ from torch_geometric.nn.models.schnet import GaussianSmearing
 from modalities.blocks import timestep_embedding
 from modalities.molecule.condition import MoleculeCondition
 from modalities.molecule.egnn import EGNN, gaussians_of_distance, squared_distances
-from shared.spaces import ZeroCoMSpace
+from shared.diffusion.spaces import ZeroCoMSpace
 
-MODEL_TIME_SCALE = 1e-3  # shared.schedules' model time is 1000·t; EDM feeds t ∈ [0, 1] itself
+MODEL_TIME_SCALE = 1e-3  # shared.diffusion.schedules' model time is 1000·t; EDM feeds t ∈ [0, 1] itself
 
 
 class TimeFeatures(nn.Module):

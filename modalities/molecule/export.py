@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
-from shared.atomic_files import atomic_write
+from shared.io.atomic_files import atomic_write
 from modalities.molecule.elements import QM9_ELEMENTS
 from modalities.molecule.metrics import InferredBonds, infer_bonds, to_rdkit
 

@@ -7,7 +7,7 @@ live in the zero-CoM subspace of the *whole* molecule, where the fragment's plac
 not generated yet. Only the fragment's shape is given, so its frame floats: at every step the known
 rows are replaced by the fragment's noised latents placed at the known rows' current centre. That
 replacement keeps each molecule's centre of mass, so x_t never leaves the subspace the sampler and
-the denoiser work in (``shared.guidance.Inpainting`` replaces rows in a fixed frame, which here
+the denoiser work in (``shared.diffusion.guidance.Inpainting`` replaces rows in a fixed frame, which here
 would drag the molecule's CoM). Orientation is not free: the fragment's latents are never rotated,
 so the molecule is generated in the fragment's own orientation.
 
@@ -25,8 +25,8 @@ from torch_geometric.utils import scatter
 from modalities.molecule.autoencoder import POSITION_DIMS
 from modalities.molecule.files import MoleculeFiles
 from modalities.molecule.graphs import fully_connected_edges
-from shared.forward_process import diffuse
-from shared.spaces import ZeroCoMSpace
+from shared.diffusion.forward_process import diffuse
+from shared.diffusion.spaces import ZeroCoMSpace
 
 
 def read_fragment(path: str | Path, elements: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:

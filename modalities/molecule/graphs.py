@@ -5,7 +5,7 @@ to ``Batch``, and edge / padding helpers written in plain torch (no pyg-lib, so 
 Node layout is torch-geometric's: nodes of a batch are rows, ``batch[num_nodes]`` names each node's
 molecule, and the nodes of one molecule are contiguous (``batch`` is sorted). Edge indices follow
 its ``source_to_target`` convention: ``edge_index[0]`` is the source, ``edge_index[1]`` the target.
-For mean removal use the core's ``shared.spaces.ZeroCoMSpace(batch=batch.batch).project(pos)``.
+For mean removal use the core's ``shared.diffusion.spaces.ZeroCoMSpace(batch=batch.batch).project(pos)``.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from modalities.molecule.fragments import (FragmentInpainting, atom_counts_above
 from modalities.molecule.graphs import PackedMolecules, fully_connected_edges
 from modalities.molecule.metrics import evaluate_molecules, training_smiles
 from modalities.molecule.sample_dir import read_molecule_samples, write_molecule_samples
-from shared.commands import guided_sampler
+from shared.cli.commands import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 

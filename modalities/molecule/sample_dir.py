@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from modalities.molecule.export import write_chain_gif, write_grid_png, write_sdf, write_xyz
-from shared.atomic_files import atomic_savez, atomic_write
+from shared.io.atomic_files import atomic_savez, atomic_write
 
 INDEX_FILE, ARRAYS_FILE, SDF_FILE, GRID_FILE, CHAIN_FILE = (
     "samples.jsonl", "samples.npz", "samples.sdf", "grid.png", "chain.gif")

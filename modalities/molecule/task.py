@@ -18,7 +18,7 @@ from modalities.molecule.autoencoder import MoleculeAutoencoder, molecule_autoen
 from modalities.molecule.components import (PropertyCondition, build_autoencoder, build_denoiser, load_molecules,
                                             zero_com)
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
-from shared.losses import DenoisingScoreMatching, mean_per_item
+from shared.diffusion.losses import DenoisingScoreMatching, mean_per_item
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@
 ``PointTransformerBackbone`` denoises latent point sets [B, M, 3 + D] and is permutation-equivariant
 (no positional encoding: a point's coordinates are its only identity). Both are modulated by time and
 a condition vector through adaLN-Zero (Peebles & Xie 2023). ``cond`` is a tensor [B, C] or a
-condition object with ``pooled`` [B, C] (``shared.stage_tasks.as_condition`` of a label embedding).
+condition object with ``pooled`` [B, C] (``shared.training.stages.as_condition`` of a label embedding).
 """
 from __future__ import annotations
 

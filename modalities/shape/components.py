@@ -9,9 +9,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from shared.conditioning import ClassLabelEncoder
-from shared.denoiser import Denoiser
-from shared.stage_tasks import as_condition
+from shared.conditioning.conditioners import ClassLabelEncoder
+from shared.diffusion.denoiser import Denoiser
+from shared.training.stages import as_condition
 
 
 def load_shapes(cfg: DictConfig, **overrides) -> tuple[dict, list[str]]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import trimesh
 
-from shared.atomic_files import atomic_savez
+from shared.io.atomic_files import atomic_savez
 
 from .mesh_sdf import signed_distance
 

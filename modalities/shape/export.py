@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-from shared.atomic_files import atomic_write
+from shared.io.atomic_files import atomic_write
 
 INDEX_FILE, ARRAYS_FILE, PREVIEW_FILE = "samples.jsonl", "samples.npz", "preview.png"
 RESERVED_KEYS = {"file", "label", "prompt", "seed", "empty"}

@@ -14,7 +14,7 @@ from modalities.shape.components import (build_label_encoder, dataset_label_name
 from modalities.shape.export import export_point_clouds, load_shape_samples, read_point_cloud
 from modalities.shape.pointcloud_task import build_global_denoiser, build_point_denoiser, build_vae, point_condition
 from modalities.shape.evaluation import compare_with_data, data_row
-from shared.commands import guided_sampler
+from shared.cli.commands import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -14,8 +14,8 @@ from modalities.shape.components import build_label_encoder, class_indices, load
 from modalities.shape.export import export_point_clouds
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.pointcloud_vae import PointCloudVAE, pointcloud_vae_loss
-from shared.losses import DenoisingScoreMatching
-from shared.stage_tasks import Conditions, LatentDiffusionStage
+from shared.diffusion.losses import DenoisingScoreMatching
+from shared.training.stages import Conditions, LatentDiffusionStage
 from shared.training.checkpoint import load_stage_weights
 
 

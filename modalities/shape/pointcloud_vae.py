@@ -20,7 +20,7 @@ from torch import nn
 from modalities.blocks import DiTBlock
 from modalities.shape.point_layers import (PointNetPlusPlusEncoder, farthest_point_sample, gather_points, mlp,
                                           nearest_index)
-from shared.autoencoder import DiagonalGaussian, LatentStatistics
+from shared.first_stage.autoencoder import DiagonalGaussian, LatentStatistics
 
 
 class PointCloudVAE(nn.Module):

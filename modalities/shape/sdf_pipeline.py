@@ -15,7 +15,7 @@ from modalities.shape.export import export_meshes, load_shape_samples
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
 from modalities.shape.sdf_task import build_autoencoder, build_latent_denoiser
-from shared.commands import guided_sampler
+from shared.cli.commands import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -1,5 +1,5 @@
 """`mldm train` for SDF latents: the SDF autoencoder (surface points -> z -> f(x, z)), then a
-class-conditional latent diffusion prior over z (``shared.stage_tasks.LatentDiffusionStage``)."""
+class-conditional latent diffusion prior over z (``shared.training.stages.LatentDiffusionStage``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from modalities.shape.components import build_label_encoder, class_indices, load_shapes, make_denoiser
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.sdf_vae import SDFAutoencoder, clamped_l1
-from shared.stage_tasks import Conditions, LatentDiffusionStage
+from shared.training.stages import Conditions, LatentDiffusionStage
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from modalities.shape.point_layers import PointNetPlusPlusEncoder, farthest_point_sample, gather_points, mlp
-from shared.autoencoder import DiagonalGaussian, FirstStage
+from shared.first_stage.autoencoder import DiagonalGaussian, FirstStage
 
 
 def fourier_features(x: torch.Tensor, octaves: int) -> torch.Tensor:

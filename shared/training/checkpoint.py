@@ -7,12 +7,14 @@ namespaced: ``model.<module>.<key>``, ``ema.<module>.<key>``, ``optim.<group>.<p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from shared.io.atomic_files import atomic_write, atomic_write_text
 
 
 class CheckpointError(RuntimeError):
@@ -22,12 +24,6 @@ class CheckpointError(RuntimeError):
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under ``prefix`` (e.g. 'model.denoiser.'), with the prefix removed: a state_dict."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def flatten_optimizer(name: str, optimizer: torch.optim.Optimizer):
@@ -64,8 +60,8 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor]
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"step_{step:08d}"
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(stem.with_suffix(".safetensors"), lambda p: save_file(contiguous, str(p)))
-    _atomic_write(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps({**meta, "step": step}, indent=1)))
+    atomic_write(stem.with_suffix(".safetensors"), lambda file: file.write(safetensors_bytes(contiguous)))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps({**meta, "step": step}, indent=1))
     for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
         old.with_suffix(".safetensors").unlink(missing_ok=True)

@@ -18,6 +18,12 @@ def setup(device: torch.device) -> tuple[int, int]:
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
+        # torch._dynamo, imported lazily by the first optimizer, keeps a reference to a process group that exists
+        # when it is imported; destroy_process_group then leaves gloo's worker threads running, and when one drops
+        # its last finished all-reduce during interpreter shutdown it needs the GIL and aborts the process
+        # ("terminate called without an active exception"). Imported first, it holds none.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 

@@ -1,7 +1,7 @@
 """Exact denoisers for Gaussian data, the closed-form oracle every sampler and bound is checked against."""
 import torch
 
-from shared.broadcast import append_dims
+from shared.diffusion.broadcast import append_dims
 
 
 class GaussianOracle:

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from shared.autoencoder import (DiagonalGaussian, FirstStage, LatentStatistics, QuantizedPosterior,
+from shared.first_stage.autoencoder import (DiagonalGaussian, FirstStage, LatentStatistics, QuantizedPosterior,
                                 autoencoder_loss)
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from shared import cli
+from shared.cli import main as cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CALLS: list = []
@@ -121,7 +121,7 @@ def test_show_config_prints_overrides(capsys, workdir):
     assert cli.main(argv) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["seed"] == 7 and shown["trainer"]["lr"] == 3e-4
-    assert shown["sampler"] == {"_target_": "shared.samplers.sample_ddim", "_partial_": True, "eta": 0.5}
+    assert shown["sampler"] == {"_target_": "shared.diffusion.samplers.sample_ddim", "_partial_": True, "eta": 0.5}
     assert not (workdir / "runs").exists()
 
 
@@ -171,11 +171,11 @@ def test_sample_uses_the_run_config(fake, capsys):
     cfg = CALLS[-1]
     assert cfg.run_dir == "r" and cfg.num_samples == 4 and cfg.steps == 20 and cfg.out_dir is None
     assert cfg.seed == 5 and cfg.trainer.lr == 0.5 and cfg.modality.name == "fake"
-    assert cfg.sampler == {"_target_": "shared.samplers.sample_euler", "_partial_": True, "churn": 1.5}
+    assert cfg.sampler == {"_target_": "shared.diffusion.samplers.sample_euler", "_partial_": True, "churn": 1.5}
     # a group switch replaces the run's node whole
     assert cli.main(["sample", "run_dir=r", "sampler=ddim", "guidance=cfg", "guidance_scale=2"]) == 0
     cfg = CALLS[-1]
-    assert cfg.sampler == {"_target_": "shared.samplers.sample_ddim", "_partial_": True, "eta": 0.0}
+    assert cfg.sampler == {"_target_": "shared.diffusion.samplers.sample_ddim", "_partial_": True, "eta": 0.0}
     assert cfg.guidance.scale == 2.0
     assert "cannot be combined with a run_dir" in error_line(capsys, ["sample", "run_dir=r", "experiment=fake_tiny"])
     assert "no config.yaml" in error_line(capsys, ["evaluate", "run_dir=missing"])

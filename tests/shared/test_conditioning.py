@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from shared.conditioning import (
+from shared.conditioning.conditioners import (
     ClassLabelEncoder, LabelConditioner, TextCondition, TextConditioner, TextEncoder, default_text_encoder_path,
     drop_condition)
 

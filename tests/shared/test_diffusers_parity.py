@@ -26,11 +26,11 @@ from torch import nn
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 
-from shared.denoiser import Denoiser  # noqa: E402
-from shared.diffusers_adapter import make_scheduler, sample_diffusers  # noqa: E402
-from shared.parameterization import EpsilonPrediction, VPrediction  # noqa: E402
-from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler  # noqa: E402
-from shared.schedules import DiscreteSchedule, LinearSchedule, ScaledLinearSchedule  # noqa: E402
+from shared.diffusion.denoiser import Denoiser  # noqa: E402
+from shared.diffusion.diffusers_adapter import make_scheduler, sample_diffusers  # noqa: E402
+from shared.diffusion.parameterization import EpsilonPrediction, VPrediction  # noqa: E402
+from shared.diffusion.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler  # noqa: E402
+from shared.diffusion.schedules import DiscreteSchedule, LinearSchedule, ScaledLinearSchedule  # noqa: E402
 
 TOL = 1e-4
 DATA_STD = 0.5

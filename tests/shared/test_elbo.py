@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from oracles import GaussianOracle
-from shared.elbo import bits_per_dim, elbo_grid, negative_elbo
-from shared.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
-from shared.spaces import ZeroCoMSpace
+from shared.diffusion.elbo import bits_per_dim, elbo_grid, negative_elbo
+from shared.diffusion.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
+from shared.diffusion.spaces import ZeroCoMSpace
 
 STD = 0.3
 ENTROPY_BPD = 0.5 * math.log2(2 * math.pi * math.e * STD**2)  # differential entropy of N(μ, s²), bits per dim

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from shared.forward_process import diffuse, posterior, renoise
-from shared.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
-from shared.spaces import EuclideanSpace
+from shared.diffusion.forward_process import diffuse, posterior, renoise
+from shared.diffusion.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
+from shared.diffusion.spaces import EuclideanSpace
 
 SCHEDULES = [LinearSchedule(), CosineSchedule(), PolynomialSchedule()]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.gan import (AdversarialTraining, PatchDiscriminator, adaptive_weight, disc_factor, hinge_d_loss,
+from shared.first_stage.gan import (AdversarialTraining, PatchDiscriminator, adaptive_weight, disc_factor, hinge_d_loss,
                         hinge_g_loss, vanilla_d_loss, vanilla_g_loss)
 
 

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from oracles import GaussianOracle
-from shared.adaptive import sample_rk45
-from shared.guidance import (ClassifierFreeGuidance, ClassifierGuidance, DynamicThresholding, Inpainting,
+from shared.diffusion.adaptive import sample_rk45
+from shared.diffusion.guidance import (ClassifierFreeGuidance, ClassifierGuidance, DynamicThresholding, Inpainting,
                              ReconstructionGuidance, StaticThresholding, sdedit_start)
-from shared.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
-from shared.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
+from shared.diffusion.sampler_compositions import sample_repaint
+from shared.diffusion.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
+from shared.diffusion.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
 
 
 class LabelDenoiser:
@@ -142,7 +143,7 @@ def test_repaint_resampling_harmonises_the_generated_part_with_the_known_part():
             def counting(x_t, t, cond=None):
                 counted.append(1)
                 return denoiser(x_t, t, cond)
-            return sample_ddpm(counting, x_T, schedule, 100, generator=generator, resample=r)
+            return sample_repaint(counting, x_T, schedule, 100, generator=generator, resample=r)
 
         known, x = copy_known_first_coordinate(sampler)
         assert torch.equal(x[:, 0], known[:, 0])

@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from shared.denoiser import Denoiser
-from shared.losses import (DenoisingScoreMatching, EDMWeighting, ELBOWeighting, LogNormalSigma, MinSNRWeighting,
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.losses import (DenoisingScoreMatching, EDMWeighting, ELBOWeighting, LogNormalSigma, MinSNRWeighting,
                            UniformTime, mean_per_item)
-from shared.parameterization import (EDMPreconditioning, EpsilonPrediction, ResidualSamplePrediction, SamplePrediction,
+from shared.diffusion.parameterization import (EDMPreconditioning, EpsilonPrediction, ResidualSamplePrediction, SamplePrediction,
                                      VPrediction)
-from shared.samplers import sample_dpmpp_2m
-from shared.schedules import CosineSchedule, KarrasSchedule, LinearSchedule
-from shared.spaces import MaskedSetSpace
+from shared.diffusion.samplers import sample_dpmpp_2m
+from shared.diffusion.schedules import CosineSchedule, KarrasSchedule, LinearSchedule
+from shared.diffusion.spaces import MaskedSetSpace
 
 
 class Affine(nn.Module):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from shared import parameterization as P
-from shared.schedules import CosineSchedule, KarrasSchedule
+from shared.diffusion import parameterization as P
+from shared.diffusion.schedules import CosineSchedule, KarrasSchedule
 
 PARAMS = [P.EpsilonPrediction(), P.SamplePrediction(), P.ResidualSamplePrediction(),
           P.ResidualSamplePrediction(small_noise_sigma=0.1), P.VPrediction(),

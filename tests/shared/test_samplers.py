@@ -6,12 +6,14 @@ import torch
 from omegaconf import OmegaConf
 
 from oracles import GaussianOracle
-from shared.adaptive import sample_rk45
-from shared.diffusers_adapter import sample_diffusers
-from shared.forward_process import posterior
-from shared.samplers import refine_to_mode, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
-from shared.schedules import CosineSchedule, KarrasSchedule, LinearSchedule, PolynomialSchedule
-from shared.spaces import EuclideanSpace, ZeroCoMSpace
+from shared.diffusion.adaptive import sample_rk45
+from shared.diffusion.diffusers_adapter import sample_diffusers
+from shared.diffusion.forward_process import posterior
+from shared.cli.samplers import ddpm as ddpm_sampler
+from shared.diffusion.sampler_compositions import sample_repaint
+from shared.diffusion.samplers import refine_to_mode, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun
+from shared.diffusion.schedules import CosineSchedule, KarrasSchedule, LinearSchedule, PolynomialSchedule
+from shared.diffusion.spaces import EuclideanSpace, ZeroCoMSpace
 
 MEAN, STD = 0.5, 1.0
 # (sampler, steps, tolerance on mean and std). DDIM and Euler are first order: at 50 steps DDIM's
@@ -19,7 +21,7 @@ MEAN, STD = 0.5, 1.0
 # Euler needs ~200; the second-order and multistep solvers are within ~1% at 50 steps.
 SAMPLERS = {
     "ddpm": (sample_ddpm, 1000, 0.02),
-    "resample_ddpm": (functools.partial(sample_ddpm, resample=3), 1000, 0.02),  # RePaint keeps the marginals
+    "resample_ddpm": (functools.partial(sample_repaint, resample=3), 1000, 0.02),  # RePaint keeps the marginals
     "ddim": (sample_ddim, 50, 0.06),
     "ddim_eta1": (functools.partial(sample_ddim, eta=1.0), 200, 0.03),
     "euler_churn": (functools.partial(sample_euler, churn=10.0), 200, 0.03),
@@ -98,6 +100,15 @@ def test_contract_any_rank_deterministic_with_callback(sampler, shape):
     assert reports[-1]["x"].shape == shape
 
 
+def ddpm(denoiser, x_T, schedule, steps, generator=None, **options):
+    """DDPM as ``sampler=ddpm`` with ``options`` (noise_scale, resample, refine_steps, refine_time) builds it."""
+    return ddpm_sampler(**options)(denoiser, x_T, schedule, steps, generator=generator)
+
+
+def test_ddpm_config_without_options_is_the_plain_sampler():
+    assert ddpm_sampler() is sample_ddpm
+
+
 @pytest.mark.parametrize("noise_scale", [1.0, 0.5, 0.0])
 def test_ddpm_noise_scale_follows_the_variance_recursion(noise_scale):
     """With Gaussian data x̂_0 is linear in x_t, so a step x_s = a x_t + b x̂_0 + λ σ_post ε maps the
@@ -116,7 +127,7 @@ def test_ddpm_noise_scale_follows_the_variance_recursion(noise_scale):
         gain = oracle(ones, t)  # x̂_0 per unit x_t
         variance = float((mean + b * gain) ** 2 * variance + noise_scale**2 * std**2)
     g = torch.Generator().manual_seed(0)
-    x = sample_ddpm(oracle, torch.randn(16384, 2, generator=g), schedule, times, generator=g, noise_scale=noise_scale)
+    x = ddpm(oracle, torch.randn(16384, 2, generator=g), schedule, times, generator=g, noise_scale=noise_scale)
     assert abs(x.std().item() / variance**0.5 - 1) < 0.02
 
 
@@ -156,7 +167,7 @@ def test_euclidean_space_is_the_default_noise():
 def test_ddpm_resample_below_one_is_named_in_the_error():
     schedule = CosineSchedule()
     with pytest.raises(ValueError, match="sampler.resample"):
-        sample_ddpm(GaussianOracle(schedule), torch.randn(4, 2), schedule, 10, resample=0)
+        ddpm(GaussianOracle(schedule), torch.randn(4, 2), schedule, 10, resample=0)
 
 
 def test_ddpm_noise_scale_per_channel_scales_each_channel_alone():
@@ -167,13 +178,13 @@ def test_ddpm_noise_scale_per_channel_scales_each_channel_alone():
     x_T = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
 
     def run(noise_scale):
-        return sample_ddpm(oracle, x_T, schedule, 30, generator=torch.Generator().manual_seed(1),
+        return ddpm(oracle, x_T, schedule, 30, generator=torch.Generator().manual_seed(1),
                            noise_scale=noise_scale)
 
     mixed = run(OmegaConf.create([1.0, 0.0, 0.5]))
     for channel, scalar in enumerate([1.0, 0.0, 0.5]):
         torch.testing.assert_close(mixed[:, channel], run(scalar)[:, channel])
-    with pytest.raises(ValueError, match="sampler.noise_scale .*one scale per channel"):
+    with pytest.raises(ValueError, match="noise_scale .*one scale per channel"):
         run([0.6, 1.0])
 
 
@@ -193,13 +204,13 @@ def test_refine_to_mode_contracts_to_the_mode_in_closed_form():
     torch.testing.assert_close(refine_to_mode(oracle, x, schedule, t, 5, EuclideanSpace()), MEAN + c**5 * (x - MEAN))
     torch.testing.assert_close(refine_to_mode(oracle, x, schedule, t, 0, EuclideanSpace()), x)
     plain = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1))
-    refined = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
+    refined = ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
                           refine_steps=3, refine_time=t)
     torch.testing.assert_close(refined, MEAN + c**3 * (plain - MEAN))
     with pytest.raises(ValueError, match="sampler.refine_steps"):
-        sample_ddpm(oracle, x, schedule, 5, refine_steps=-1)
+        ddpm(oracle, x, schedule, 5, refine_steps=-1)
     with pytest.raises(ValueError, match="sampler.refine_time"):
-        sample_ddpm(oracle, x, schedule, 5, refine_steps=2, refine_time=1.5)
+        ddpm(oracle, x, schedule, 5, refine_steps=2, refine_time=1.5)
 
 
 def test_annealed_refinement_runs_its_stages_in_turn_in_closed_form():
@@ -212,16 +223,28 @@ def test_annealed_refinement_runs_its_stages_in_turn_in_closed_form():
     plain = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1))
     expected = MEAN + gaussian_contraction(schedule, 0.3) ** 3 * gaussian_contraction(schedule, 0.05) ** 2 * (plain - MEAN)
     for refine_steps, refine_time in [(steps, times), (OmegaConf.create(steps), OmegaConf.create(times))]:
-        refined = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
+        refined = ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
                               refine_steps=refine_steps, refine_time=refine_time)
         torch.testing.assert_close(refined, expected)
-    one_number = sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1), refine_steps=2,
+    one_number = ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1), refine_steps=2,
                              refine_time=times)   # that many steps at each listed time; 0 turns them off
     torch.testing.assert_close(one_number, MEAN + (gaussian_contraction(schedule, 0.3) * gaussian_contraction(
         schedule, 0.05)) ** 2 * (plain - MEAN))
-    torch.testing.assert_close(sample_ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
+    torch.testing.assert_close(ddpm(oracle, x, schedule, 20, generator=torch.Generator().manual_seed(1),
                                            refine_steps=0, refine_time=OmegaConf.create(times)), plain)
     with pytest.raises(ValueError, match="one time per stage"):
-        sample_ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3])
+        ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3])
     with pytest.raises(ValueError, match="sampler.refine_time"):
-        sample_ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3, 0.0])
+        ddpm(oracle, x, schedule, 5, refine_steps=[3, 2], refine_time=[0.3, 0.0])
+
+
+def test_progress_bar_counts_every_step_and_keeps_the_callers_callback():
+    import io
+
+    from shared.cli.samplers import with_progress
+
+    schedule = CosineSchedule()
+    oracle, x_T, stream, seen = GaussianOracle(schedule), torch.randn(4, 2), io.StringIO(), []
+    x = with_progress(sample_ddim, disable=False, file=stream, mininterval=0, miniters=1)(oracle, x_T, schedule, 10, callback=seen.append)
+    assert "10/10" in stream.getvalue() and len(seen) == 10
+    assert torch.equal(x, sample_ddim(oracle, x_T, schedule, 10))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from shared.schedules import (CosineSchedule, DiscreteSchedule, KarrasSchedule, LinearSchedule,
+from shared.diffusion.schedules import (CosineSchedule, DiscreteSchedule, KarrasSchedule, LinearSchedule,
                               PolynomialSchedule, ScaledLinearSchedule, ShiftedSchedule, SigmoidSchedule,
                               ZeroTerminalSNR, zero_terminal_snr)
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from shared.denoiser import Denoiser
-from shared.guidance import ClassifierFreeGuidance
-from shared.losses import DenoisingScoreMatching
-from shared.samplers import sample_ddpm
-from shared.schedules import CosineSchedule
-from shared.self_conditioning import EstimateFeedback, training_estimate, with_estimate_feedback
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.guidance import ClassifierFreeGuidance
+from shared.diffusion.losses import DenoisingScoreMatching
+from shared.diffusion.samplers import sample_ddpm
+from shared.diffusion.schedules import CosineSchedule
+from shared.diffusion.self_conditioning import EstimateFeedback, training_estimate, with_estimate_feedback
 
 
 class RecordingBackbone(nn.Module):

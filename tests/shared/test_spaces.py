@@ -1,8 +1,8 @@
 """Spaces: where noise lives, how many degrees of freedom an item has, and sparse = padded."""
 import torch
 
-from shared.draws import draw_rand, draw_randint, draw_randn
-from shared.spaces import EuclideanSpace, MaskedSetSpace, ZeroCoMSpace
+from shared.diffusion.draws import draw_rand, draw_randint, draw_randn
+from shared.diffusion.spaces import EuclideanSpace, MaskedSetSpace, ZeroCoMSpace
 
 
 def _layouts(seed=0):

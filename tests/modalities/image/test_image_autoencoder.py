@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from modalities.image.autoencoder import ImageAutoencoderKL, ImageVQAutoencoder
-from shared.autoencoder import DiagonalGaussian, QuantizedPosterior, autoencoder_loss
-from shared.gan import AdversarialTraining, PatchDiscriminator
+from shared.first_stage.autoencoder import DiagonalGaussian, QuantizedPosterior, autoencoder_loss
+from shared.first_stage.gan import AdversarialTraining, PatchDiscriminator
 
 TINY = dict(block_out_channels=(32, 64, 64), latent_channels=4, layers_per_block=1, norm_num_groups=16)
 SMALLER = dict(block_out_channels=(16, 32, 32), latent_channels=4, layers_per_block=1, norm_num_groups=8)

@@ -7,7 +7,7 @@ from scipy import ndimage
 from modalities.image.data import (COLORS, SHAPES, ShapeParams, Shapes2D, caption_for_label, render_shapes,
                                    uint8_to_float)
 from modalities.image.metrics import evaluate_reconstructions, evaluate_samples, judge, judge_image, parse_prompt
-from shared.autoencoder import DiagonalGaussian, FirstStage
+from shared.first_stage.autoencoder import DiagonalGaussian, FirstStage
 
 N = 2400
 

@@ -11,10 +11,10 @@ from modalities.molecule.dynamics import EGNNDynamics
 from modalities.molecule.fragments import (FragmentInpainting, atom_counts_above, place_fragment,
                                            read_fragment)
 from modalities.molecule.graphs import fully_connected_edges
-from shared.denoiser import Denoiser
-from shared.samplers import sample_ddpm
-from shared.schedules import PolynomialSchedule
-from shared.spaces import ZeroCoMSpace
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.samplers import sample_ddpm
+from shared.diffusion.schedules import PolynomialSchedule
+from shared.diffusion.spaces import ZeroCoMSpace
 
 SIZES = [7, 9, 6]
 FRAGMENT = 4

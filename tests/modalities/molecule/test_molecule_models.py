@@ -18,7 +18,7 @@ from modalities.molecule.dynamics import EGNNDynamics
 from modalities.molecule.e3nn_backbone import E3nnDynamics
 from modalities.molecule.egnn import EGNN, CoordinateUpdate
 from modalities.molecule.egnn_dense import dense_egnn
-from shared.spaces import ZeroCoMSpace
+from shared.diffusion.spaces import ZeroCoMSpace
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-7}
 DTYPES = [torch.float32, torch.float64]
@@ -340,11 +340,11 @@ def test_autoencoder_learns_a_tiny_batch():
 
 
 def test_dynamics_fit_the_denoiser_and_guidance_contracts():
-    """EGNNDynamics as the raw backbone of shared.denoiser.Denoiser (one time per atom row) and under
+    """EGNNDynamics as the raw backbone of shared.diffusion.denoiser.Denoiser (one time per atom row) and under
     classifier-free guidance with the condition's unconditional version; x̂_0 keeps zero CoM."""
-    from shared.denoiser import Denoiser
-    from shared.guidance import ClassifierFreeGuidance
-    from shared.schedules import CosineSchedule
+    from shared.diffusion.denoiser import Denoiser
+    from shared.diffusion.guidance import ClassifierFreeGuidance
+    from shared.diffusion.schedules import CosineSchedule
 
     torch.manual_seed(0)
     denoiser = Denoiser(EGNNDynamics(LATENT, hidden=16, num_blocks=2, property_features=2), CosineSchedule())

@@ -134,7 +134,7 @@ def test_shape_completion_keeps_the_given_points(pointcloud_run, tmp_path):
 def test_completion_inpaints_latent_points_around_the_known_ones_exactly(pointcloud_run):
     from modalities.shape.completion import complete
     from modalities.shape.pointcloud_pipeline import PointCloudPipeline
-    from shared.config import build_config
+    from shared.cli.config import build_config
 
     cfg = build_config("sample", [f"run_dir={pointcloud_run}", "steps=3"])
     pipeline = PointCloudPipeline(cfg, pointcloud_run, torch.device("cpu"))

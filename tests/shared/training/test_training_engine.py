@@ -2,6 +2,7 @@
 DDP equivalence, config errors; and the loop's parts."""
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -126,6 +127,17 @@ def test_ddp_two_processes_match_one_process(env, tmp_path):
     _, b = final_tensors(tmp_path / "ddp")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_teardown_stops_gloo_threads_so_processes_exit_cleanly(env):
+    """The cause of the two-process run's intermittent SIGABRT at exit: gloo threads outliving teardown."""
+    probe = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(HERE / "gloo_teardown_probe.py")]
+    done = subprocess.run(probe, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = re.findall(r"rank \d threads after teardown: \[[^\]]*\]", done.stdout)  # the two may share a line
+    assert len(reports) == 2 and not any("gloo" in report for report in reports), done.stdout
 
 
 def test_data_order_is_a_permutation_per_epoch_and_resumable():

@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.denoiser import Denoiser
-from shared.losses import DenoisingScoreMatching, UniformTime
-from shared.parameterization import VPrediction
-from shared.samplers import sample_dpmpp_2m
-from shared.schedules import CosineSchedule
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.losses import DenoisingScoreMatching, UniformTime
+from shared.diffusion.parameterization import VPrediction
+from shared.diffusion.samplers import sample_dpmpp_2m
+from shared.diffusion.schedules import CosineSchedule
 
 
 class FourierMLP(nn.Module):

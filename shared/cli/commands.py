@@ -16,7 +16,9 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from shared.self_conditioning import with_estimate_feedback
+from shared.cli.samplers import with_progress
+from shared.io.atomic_files import atomic_write_text
+from shared.diffusion.self_conditioning import with_estimate_feedback
 from shared.training.run import resolve_device
 
 
@@ -38,7 +40,7 @@ def guided_sampler(cfg: DictConfig, guidance_scale: float | None):
     def guide(denoiser, *args, **kwargs):
         return guidance(with_estimate_feedback(denoiser), *args, **kwargs)
 
-    return instantiate(cfg.sampler), guide
+    return with_progress(instantiate(cfg.sampler)), guide
 
 
 def user_errors(command: str):
@@ -82,7 +84,6 @@ def evaluate(cfg: DictConfig) -> int:
         pipeline.export(pipeline.sample(cfg.num_samples, prompt=cfg.get("prompt"), seed=cfg.seed), out_dir)
         metrics = pipeline.evaluate_samples(out_dir)
     metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0

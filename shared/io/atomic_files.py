@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-import numpy as np
-
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through ``write(binary_file)`` into a temporary file beside ``path``, then rename over it."""
@@ -26,7 +24,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` as UTF-8 to ``path``, atomically."""
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
 def atomic_savez(path: str | os.PathLike, arrays: dict, compressed: bool = False) -> None:
     """``np.savez`` (or ``savez_compressed``) of ``arrays`` to ``path``, atomically."""
+    import numpy as np  # here, so that the CLI's entry point (which writes config.yaml) stays light
+
     save = np.savez_compressed if compressed else np.savez
     atomic_write(path, lambda file: save(file, **arrays))

@@ -6,7 +6,7 @@
     mldm evaluate experiment=<preset> source=data [split=train|val|test|all]
 
 Configs are composed with hydra's compose API (no working-directory change, no hydra output folders)
-from <repo root>/configs or $MLDM_CONFIG_DIR; see ``shared.config`` for precedence and validation.
+from <repo root>/configs or $MLDM_CONFIG_DIR; see ``shared.cli.config`` for precedence and validation.
 Engines are imported lazily from ENGINES, so this module stays light and `mldm --help` is fast.
 """
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from shared.config import SCHEMAS, ConfigError, build_config, config_dir, group_options
+from shared.io.atomic_files import atomic_write_text
+from shared.cli.config import SCHEMAS, ConfigError, build_config, config_dir, group_options
 
 # The single dispatch table: command -> "module:function" called with the resolved config.
 ENGINES = {
     "train": "shared.training.run:train",
-    "sample": "shared.commands:sample",
-    "evaluate": "shared.commands:evaluate",
+    "sample": "shared.cli.commands:sample",
+    "evaluate": "shared.cli.commands:evaluate",
 }
 
 USAGE = {
@@ -129,9 +130,7 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     for sub in ("checkpoints", "logs", "samples"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     cfg.run_dir = str(run_dir)
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(cfg))
-    tmp.replace(run_dir / "config.yaml")
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     return run_dir
 
 

@@ -7,14 +7,13 @@ on data even for schedules with ᾱ(0) < 1. Guidance is a denoiser wrapper; samp
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Callable
 
 import torch
 
-from shared.forward_process import posterior, renoise
-from shared.schedules import NoiseSchedule
-from shared.spaces import EuclideanSpace
+from shared.diffusion.forward_process import posterior, renoise
+from shared.diffusion.schedules import NoiseSchedule
+from shared.diffusion.spaces import EuclideanSpace
 
 Callback = Callable[[dict], None] | None
 
@@ -54,31 +53,6 @@ def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=N
     return x
 
 
-def refinement_stages(steps, times) -> list[tuple[int, torch.Tensor]]:
-    """``sampler.refine_steps`` / ``refine_time`` as (steps, t) stages: two numbers, two lists of one length
-    (a config's ListConfig is a Sequence too), a list of steps at one time, or one number of steps at each
-    listed time (so ``refine_steps=0`` turns a preset's stages off)."""
-    def is_list(value):
-        return isinstance(value, Sequence) and not isinstance(value, str)
-
-    if is_list(steps):
-        steps_list = list(steps)
-    else:
-        steps_list = [steps] * (len(times) if is_list(times) else 1)
-    times_list = list(times) if is_list(times) else [times] * len(steps_list)
-    if len(times_list) != len(steps_list):
-        raise ValueError(f"sampler.refine_steps {steps_list} and sampler.refine_time {times_list} "
-                         "need one time per stage")
-    stages = []
-    for k, t in zip(steps_list, times_list):
-        if int(k) < 0:
-            raise ValueError(f"sampler.refine_steps must be >= 0, got {k}")
-        if k and not 0 < float(t) < 1:
-            raise ValueError(f"sampler.refine_time must lie in (0, 1), got {float(t)}")
-        stages.append((int(k), torch.as_tensor(float(t), dtype=torch.float64)))
-    return stages
-
-
 @torch.no_grad()
 def refine_to_mode(denoiser, x, schedule, t, steps: int, space, cond=None):
     """``steps`` times x ← x̂_0(α_t x, t), the finished sample placed at noise level t without noise.
@@ -88,54 +62,28 @@ def refine_to_mode(denoiser, x, schedule, t, steps: int, space, cond=None):
     sampling (Song et al. 2021) at zero temperature. It pulls a sample to a nearby mode, at some cost in
     diversity.
     """
-    [(steps, t)] = refinement_stages(steps, t)
+    t = torch.as_tensor(t, dtype=torch.float64)
     alpha = schedule.alpha(t).to(x)
-    for _ in range(steps):
+    for _ in range(int(steps)):
         x = denoise(denoiser, alpha * x, t, space, cond)
     return x
 
 
-@torch.no_grad()
-def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None,
-                noise_scale: float | Sequence[float] = 1.0, resample: int = 1, refine_steps=0, refine_time=0.1):
-    """Ancestral sampling from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7).
-
-    ``noise_scale`` < 1 shrinks the fresh noise of every step: low-temperature sampling, which trades
-    diversity for fidelity (RFdiffusion's and FrameDiff's ``noise_scale``; Watson et al. 2023,
-    Yim et al. 2023). 1 is the sampler of the paper; 0 follows the posterior means. A list gives one
-    scale per channel of the last axis (rows × channels layouts), e.g. [0.6, 0.6, 0.6, 1.0] cools a
-    molecule latent's positions [z_x] and leaves its atom-type channel [z_h] at full temperature.
-    ``resample`` > 1 takes every step that many times, going back to t by the forward process
-    q(x_t | x_s) in between (RePaint, Lugmayr et al. 2022, Alg. 1 with jump length 1): with an
-    inpainting denoiser the generated part then harmonises with the known part.
-    ``refine_steps`` > 0 ends with that many ``refine_to_mode`` steps at ``refine_time``; two lists run
-    stages in turn, e.g. [40, 10] at [0.15, 0.03]: annealed (Song & Ermon 2019), the sample first pulled
-    into a mode's basin of the more blurred density, then to that mode's sharper position near the data.
-    """
-    if resample < 1:
-        raise ValueError(f"sampler.resample must be >= 1, got {resample}")
-    stages = refinement_stages(refine_steps, refine_time)  # before the sampling, not after it
-    space = space or EuclideanSpace()
-    if isinstance(noise_scale, Sequence):
-        if len(noise_scale) != x_T.shape[-1]:
-            raise ValueError(f"sampler.noise_scale {list(noise_scale)}: a list needs one scale per channel of "
-                             f"the last axis, {x_T.shape[-1]} here")
-        noise_scale = torch.tensor(list(noise_scale), dtype=x_T.dtype, device=x_T.device)
-
-    def move(x, t, s, x0):
-        mean, std = posterior(schedule, x, x0, t, s)
-        return mean + noise_scale * std * space.randn_like(x, generator)
-
+def ancestral_step(schedule, space, generator):
+    """x_s drawn from the posterior q(x_s | x_t, x̂_0) (Ho et al. 2020, eq. 6-7), noise drawn in ``space``."""
     def step(x, t, s, x0):
-        for _ in range(resample - 1):
-            x = renoise(schedule, move(x, t, s, x0), s, t, space, generator)
-            x0 = denoise(denoiser, x, t, space, cond)
-        return move(x, t, s, x0)
+        mean, std = posterior(schedule, x, x0, t, s)
+        return mean + std * space.randn_like(x, generator)
 
-    x = _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
-    for k, t in stages:
-        x = refine_to_mode(denoiser, x, schedule, t, k, space, cond)
-    return x
+    return step
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None, callback=None, cond=None):
+    """Ancestral sampling (Ho et al. 2020, Alg. 2). Low temperature, RePaint resampling and refinement to a
+    mode are compositions of it: ``shared.diffusion.sampler_compositions``."""
+    space = space or EuclideanSpace()
+    return _run(ancestral_step(schedule, space, generator), denoiser, x_T, schedule, steps, space, cond, callback)
 
 
 @torch.no_grad()

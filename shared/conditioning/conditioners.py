@@ -11,7 +11,7 @@ denoiser contract ``denoiser(x_t, t, cond)``:
 The unconditional input of classifier-free guidance (Ho & Salimans 2022) is the encoding of the
 empty prompt "" for text (as in Stable Diffusion) and the null class for labels; training replaces
 the condition by it with probability ``dropout`` (:func:`drop_condition`). At sampling time
-``conditioner.null(B)`` is the ``uncond`` of ``shared.guidance.ClassifierFreeGuidance``.
+``conditioner.null(B)`` is the ``uncond`` of ``shared.diffusion.guidance.ClassifierFreeGuidance``.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Protocol, Sequence
 import torch
 from torch import nn
 
-from shared.broadcast import append_dims
-from shared.text_encoder import TextCondition, TextEncoder, default_text_encoder_path
+from shared.diffusion.broadcast import append_dims
+from shared.conditioning.text_encoder import TextCondition, TextEncoder, default_text_encoder_path
 
 __all__ = ["TextCondition", "TextEncoder", "default_text_encoder_path", "drop_condition", "ClassLabelEncoder",
            "Conditioner", "TextConditioner", "LabelConditioner"]

@@ -18,11 +18,11 @@ import math
 
 import torch
 
-from shared.forward_process import diffuse
-from shared.losses import LOG_SNR_LIMIT
+from shared.diffusion.forward_process import diffuse
+from shared.diffusion.losses import LOG_SNR_LIMIT
 
 MIN_GRID_LOG_SNR = -12.0
-from shared.spaces import EuclideanSpace
+from shared.diffusion.spaces import EuclideanSpace
 
 
 def _diffuse(schedule, x0, t, space, generator):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.broadcast import append_dims
+from shared.diffusion.broadcast import append_dims
 
 
 def diffuse(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

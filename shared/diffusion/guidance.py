@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from shared.broadcast import append_dims
-from shared.denoiser import broadcast_alpha_sigma
-from shared.forward_process import diffuse
-from shared.spaces import EuclideanSpace
+from shared.diffusion.broadcast import append_dims
+from shared.diffusion.denoiser import broadcast_alpha_sigma
+from shared.diffusion.forward_process import diffuse
+from shared.diffusion.spaces import EuclideanSpace
 
 
 def unguided(denoiser, **unused):

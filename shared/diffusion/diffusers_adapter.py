@@ -12,10 +12,10 @@ import inspect
 
 import torch
 
-from shared.denoiser import broadcast_alpha_sigma
-from shared.parameterization import eps_from_x0, v_from_x0_eps
-from shared.schedules import NoiseSchedule
-from shared.spaces import EuclideanSpace
+from shared.diffusion.denoiser import broadcast_alpha_sigma
+from shared.diffusion.parameterization import eps_from_x0, v_from_x0_eps
+from shared.diffusion.schedules import NoiseSchedule
+from shared.diffusion.spaces import EuclideanSpace
 
 
 def make_scheduler(name: str, schedule: NoiseSchedule, num_train_steps: int = 1000, **config):

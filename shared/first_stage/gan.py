@@ -3,7 +3,7 @@
 The patch discriminator, hinge / non-saturating losses, the adaptive generator weight and the delayed
 start follow taming-transformers (Esser et al. 2021, "Taming transformers", §3 and eq. 7), which the LDM
 autoencoders use unchanged. ``AdversarialTraining`` bundles them: one call gives the (already weighted)
-generator term to add to ``shared.autoencoder.autoencoder_loss`` and the discriminator's own loss.
+generator term to add to ``shared.first_stage.autoencoder.autoencoder_loss`` and the discriminator's own loss.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one denoiser contract: ``denoiser(x_t, t, cond) -> x̂_0``.
 
-``t`` holds one continuous time per leading row of ``x_t`` (see ``shared.spaces``). Every sampler,
+``t`` holds one continuous time per leading row of ``x_t`` (see ``shared.diffusion.spaces``). Every sampler,
 loss and guidance wrapper consumes the clean-data estimate x̂_0 (the "D(x; σ)" of EDM); what the raw
 backbone predicts is the business of its ``Parameterization``. The conversion runs in float32 even
 when the backbone runs under bf16 autocast.
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.broadcast import append_dims
-from shared.parameterization import EpsilonPrediction, Parameterization
-from shared.schedules import NoiseSchedule
+from shared.diffusion.broadcast import append_dims
+from shared.diffusion.parameterization import EpsilonPrediction, Parameterization
+from shared.diffusion.schedules import NoiseSchedule
 
 
 def broadcast_alpha_sigma(schedule: NoiseSchedule, t: torch.Tensor, x: torch.Tensor):
@@ -34,7 +34,7 @@ class Denoiser(nn.Module):
 
     @property
     def self_conditioned(self) -> bool:
-        """Whether the backbone also reads an earlier estimate x̃_0 (``shared.self_conditioning``)."""
+        """Whether the backbone also reads an earlier estimate x̃_0 (``shared.diffusion.self_conditioning``)."""
         return bool(getattr(self.backbone, "self_conditioning", False))
 
     def raw(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, self_condition: torch.Tensor | None = None):

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from shared.samplers import denoise, time_grid
-from shared.spaces import EuclideanSpace
+from shared.diffusion.samplers import denoise, time_grid
+from shared.diffusion.spaces import EuclideanSpace
 
 # Dormand & Prince (1980) tableau: nodes c, stages a, 5th-order weights b, embedded 4th-order b_star.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)

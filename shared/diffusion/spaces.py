@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from shared.broadcast import append_dims
-from shared.draws import draw_randn
+from shared.diffusion.broadcast import append_dims
+from shared.diffusion.draws import draw_randn
 
 
 class EuclideanSpace:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from shared.broadcast import as_time
+from shared.diffusion.broadcast import as_time
 
 
 class NoiseSchedule:

@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from shared.autoencoder import FirstStage, autoencoder_loss
-from shared.conditioning import TextCondition, TextEncoder
-from shared.denoiser import Denoiser
-from shared.losses import DenoisingScoreMatching
+from shared.first_stage.autoencoder import FirstStage, autoencoder_loss
+from shared.conditioning.conditioners import TextCondition, TextEncoder
+from shared.diffusion.denoiser import Denoiser
+from shared.diffusion.losses import DenoisingScoreMatching
 
 
 class AutoencoderStage:

@@ -100,7 +100,7 @@ SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}
 
 def config_dir() -> Path:
     """<repo root>/configs (the repo root is the parent of the `shared` package), or $MLDM_CONFIG_DIR."""
-    return Path(os.environ.get("MLDM_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
+    return Path(os.environ.get("MLDM_CONFIG_DIR") or Path(__file__).resolve().parents[2] / "configs")
 
 
 def group_options(root: Path | None = None) -> dict[str, list[str]]:
@@ -191,11 +191,42 @@ def _compose(name: str, overrides: list[str], root: Path) -> DictConfig:
         raise ConfigError(one_line(e)) from None
 
 
+# Modules that moved into shared/'s sub-packages; a run directory written before the move names the old ones.
+MOVED_MODULES = {f"shared.{old}": f"shared.{new}" for old, new in {
+    "schedules": "diffusion.schedules", "parameterization": "diffusion.parameterization",
+    "losses": "diffusion.losses", "samplers": "diffusion.samplers", "adaptive": "diffusion.adaptive",
+    "guidance": "diffusion.guidance", "diffusers_adapter": "diffusion.diffusers_adapter",
+    "gan": "first_stage.gan", "autoencoder": "first_stage.autoencoder",
+    "conditioning": "conditioning.conditioners", "text_encoder": "conditioning.text_encoder"}.items()}
+
+
+def _moved_targets(node):
+    """``node`` with every ``_target_`` under a moved module renamed to its new place."""
+    if isinstance(node, dict):
+        replaced = node.get("_target_") in REPLACED_TARGETS
+        return {k: (_renamed_target(v) if k == "_target_" else _moved_targets(v)) for k, v in node.items()
+                if not (replaced and k == "_partial_")}
+    if isinstance(node, list):
+        return [_moved_targets(v) for v in node]
+    return node
+
+
+# Targets that became builders: a run directory's `_partial_: true` for them is dropped.
+REPLACED_TARGETS = {"shared.samplers.sample_ddpm": "shared.cli.samplers.ddpm"}
+
+
+def _renamed_target(target):
+    if target in REPLACED_TARGETS:
+        return REPLACED_TARGETS[target]
+    module = str(target).rsplit(".", 1)[0]
+    return MOVED_MODULES[module] + target[len(module):] if module in MOVED_MODULES else target
+
+
 def load_run_config(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run_dir={run_dir}: no config.yaml there (not a training run directory)")
-    return OmegaConf.load(path)
+    return OmegaConf.create(_moved_targets(OmegaConf.to_container(OmegaConf.load(path))))
 
 
 def _assemble(defaults: DictConfig, groups, values, base: DictConfig | None) -> DictConfig:

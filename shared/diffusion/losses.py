@@ -10,11 +10,11 @@ import math
 
 import torch
 
-from shared.broadcast import append_dims
-from shared.draws import draw_rand, draw_randint, draw_randn
-from shared.forward_process import diffuse
-from shared.self_conditioning import training_estimate
-from shared.spaces import EuclideanSpace
+from shared.diffusion.broadcast import append_dims
+from shared.diffusion.draws import draw_rand, draw_randint, draw_randn
+from shared.diffusion.forward_process import diffuse
+from shared.diffusion.self_conditioning import training_estimate
+from shared.diffusion.spaces import EuclideanSpace
 
 LOG_SNR_LIMIT = 30.0  # keeps weights finite at the ᾱ = 0 / ᾱ = 1 ends (zero-terminal SNR)
 

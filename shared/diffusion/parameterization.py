@@ -3,7 +3,7 @@
 With x_t = α x_0 + σ ε (α² + σ² = 1 for VP, kept general here):
     x_0 = (x_t − σ ε) / α,   ε = (x_t − α x_0) / σ,   v = α ε − σ x_0   (Salimans & Ho 2022),
     ∇ log p(x_t) = −ε / σ.
-Every conversion takes α and σ already broadcast against x (see ``shared.broadcast.append_dims``).
+Every conversion takes α and σ already broadcast against x (see ``shared.diffusion.broadcast.append_dims``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ VQ models); ``decode(z)`` maps a latent back. The diffusion model never sees raw
 ``encode_latent`` / ``decode_latent``, which shift and scale by ``LatentStatistics`` estimated from
 data and stored as buffers of the autoencoder (Rombach et al. 2022, §4.3.2 / App. D.1: the LDM "scale
 factor" made explicit) — so no magic scale constant lives anywhere else.
-Patch discriminator and GAN losses: ``shared.gan``.
+Patch discriminator and GAN losses: ``shared.first_stage.gan``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from shared.draws import draw_randn
+from shared.diffusion.draws import draw_randn
 
 LOGVAR_RANGE = (-30.0, 20.0)  # as in LDM / taming: keeps exp(logvar) finite
 
@@ -212,7 +212,7 @@ def autoencoder_loss(x: torch.Tensor, reconstruction: torch.Tensor, posterior, k
     weight balances against); kl = KL(q(z|x) ‖ N(0, I)) per item divided by the number of data elements
     per item, so kl_weight keeps LDM's meaning (there both terms are sums per item: 1e-6 for KL-f8);
     or, for a VQ posterior, vq = codebook + commitment loss. total = rec + kl_weight·kl (or
-    + codebook_weight·vq). The adversarial term comes from ``shared.gan.AdversarialTraining``.
+    + codebook_weight·vq). The adversarial term comes from ``shared.first_stage.gan.AdversarialTraining``.
     """
     x, reconstruction = x.float(), reconstruction.float()
     l1 = (x - reconstruction).abs().mean()

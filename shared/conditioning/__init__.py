@@ -1,0 +1,1 @@
+"""What a denoiser is conditioned on: frozen text encoders, class labels, and classifier-free-guidance dropout."""
