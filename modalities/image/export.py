@@ -4,16 +4,16 @@ where they apply) and the raw arrays in ``samples.npz``. ``load_image_samples`` 
 """
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from shared.io.atomic_files import atomic_write
+from shared.io.sample_dir import ARRAYS_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
 
-INDEX_FILE, ARRAYS_FILE, GRID_FILE = "samples.jsonl", "samples.npz", "grid.png"
+GRID_FILE = "grid.png"
 GRID_BORDER = 255           # white 1-px lines between tiles (shapes2d backgrounds are black)
 
 
@@ -48,20 +48,10 @@ def make_grid(images_hwc: np.ndarray, per_row: int = 8) -> np.ndarray:
     return grid
 
 
-def _pil(image_hwc: np.ndarray) -> Image.Image:
-    return Image.fromarray(image_hwc[..., 0] if image_hwc.shape[-1] == 1 else image_hwc)
-
-
-def _save_png(image: Image.Image, path: Path):
-    atomic_write(path, lambda file: image.save(file, format="PNG"))
-
-
-
-def _previous_files(out_dir: Path) -> set[str]:
-    index = out_dir / INDEX_FILE
-    if not index.exists():
-        return set()
-    return {json.loads(line)["file"] for line in index.read_text().splitlines() if line.strip()}
+def _png_bytes(image_hwc: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image_hwc[..., 0] if image_hwc.shape[-1] == 1 else image_hwc).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None, per_row: int = 8,
@@ -70,34 +60,21 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
 
     ``prompts`` / ``labels`` / ``seeds`` (length N each, any may be None) go into every index line
     and into the npz. The grid shows the first ``grid_max`` samples. ``save_float`` also stores
-    the unclamped float images (float32 [N, C, H, W]) as ``images_float``. Sample PNGs listed by a
-    previous index in ``out_dir`` that this export does not rewrite are removed.
+    the unclamped float images (float32 [N, C, H, W]) as ``images_float``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     pixels = _channels_last_uint8(images)
     n = len(pixels)
     for name, values in (("prompts", prompts), ("labels", labels), ("seeds", seeds)):
         if values is not None and len(values) != n:
             raise ValueError(f"{len(values)} {name} for {n} images")
-    digits = max(6, len(str(n - 1)))
-    files = [f"{i:0{digits}d}.png" for i in range(n)]
-    records = []
-    for i, (name, image) in enumerate(zip(files, pixels)):
-        _save_png(_pil(image), out_dir / name)
-        record = {"file": name}
+    records = [{} for _ in range(n)]
+    for i, record in enumerate(records):
         if prompts is not None:
             record["prompt"] = str(prompts[i])
         if labels is not None:
             record["label"] = int(labels[i])
         if seeds is not None:
             record["seed"] = int(seeds[i])
-        records.append(record)
-    for stale in _previous_files(out_dir) - set(files):
-        if Path(stale).name == stale:          # only plain names this exporter wrote
-            (out_dir / stale).unlink(missing_ok=True)
-    _save_png(_pil(make_grid(pixels[:grid_max], per_row)), out_dir / GRID_FILE)
-
     arrays = {"images": pixels}
     if prompts is not None:
         arrays["prompts"] = np.array([str(p) for p in prompts], dtype=np.str_)
@@ -108,10 +85,9 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
     if save_float:
         values = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         arrays["images_float"] = values.astype(np.float32)
-    atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
-    lines = "".join(json.dumps(record) + "\n" for record in records)
-    atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
-    return out_dir
+    grid = _png_bytes(make_grid(pixels[:grid_max], per_row))
+    files = list(zip(sample_file_names(n, ".png"), (_png_bytes(image) for image in pixels)))
+    return write_sample_dir(out_dir, files, records, arrays, previews={GRID_FILE: lambda f: f.write(grid)})
 
 
 def load_image_samples(out_dir) -> dict:
@@ -119,14 +95,9 @@ def load_image_samples(out_dir) -> dict:
     and ``prompts`` / ``labels`` / ``seeds`` (None where absent). Uses ``samples.npz`` when present,
     otherwise decodes the PNG files the index names."""
     out_dir = Path(out_dir)
-    index = out_dir / INDEX_FILE
-    if not index.exists():
-        raise FileNotFoundError(f"no {INDEX_FILE} in {out_dir}: not a sample directory")
-    records = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
-    arrays_path = out_dir / ARRAYS_FILE
-    if arrays_path.exists():
-        with np.load(arrays_path, allow_pickle=False) as arrays:
-            loaded = {key: arrays[key] for key in arrays.files}
+    records = read_index(out_dir)
+    if (out_dir / ARRAYS_FILE).exists():
+        loaded = read_arrays(out_dir, required=("images",))
     else:
         decoded = [np.asarray(Image.open(out_dir / r["file"])) for r in records]
         loaded = {"images": np.stack([d[..., None] if d.ndim == 2 else d for d in decoded])

@@ -35,12 +35,10 @@ class MoleculeCondition:
         """Only the molecules where ``keep`` [M] is True keep their properties (CFG training dropout)."""
         return replace(self, present=self.presence() & keep.to(self.batch.device).bool())
 
-    def drop(self, p: float, generator: torch.Generator | None = None) -> MoleculeCondition:
-        """Classifier-free-guidance training dropout: each molecule's properties absent with probability p."""
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-        device = generator.device if generator is not None else self.batch.device
-        return self.with_presence(torch.rand(self.num_molecules, generator=generator, device=device) >= p)
+    def where(self, drop: torch.Tensor, null=None) -> MoleculeCondition:
+        """The molecules where ``drop`` [M] is True lose their properties (CFG training dropout through
+        ``shared.conditioning.conditioners.drop_condition``; the null condition is always "absent")."""
+        return self.with_presence(~drop.to(self.batch.device).bool())
 
     def presence(self) -> torch.Tensor:
         """[M] bool: which molecules have their properties."""

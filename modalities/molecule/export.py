@@ -19,6 +19,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
 from shared.io.atomic_files import atomic_write
+from shared.io.sample_dir import sample_file_names
 from modalities.molecule.elements import QM9_ELEMENTS
 from modalities.molecule.metrics import InferredBonds, infer_bonds, to_rdkit
 
@@ -76,6 +77,13 @@ def _check_names(names, n: int, what: str) -> list[str] | None:
 
 def write_sdf(path, positions, atom_types, batch=None, names: Sequence[str] | None = None,
               elements: tuple[str, ...] = QM9_ELEMENTS) -> Path:
+    """``sdf_bytes`` written to ``path``."""
+    data = sdf_bytes(positions, atom_types, batch, names, elements)
+    return _write(path, lambda f: f.write(data))
+
+
+def sdf_bytes(positions, atom_types, batch=None, names: Sequence[str] | None = None,
+              elements: tuple[str, ...] = QM9_ELEMENTS) -> bytes:
     """All molecules into one SD file with 3D coordinates and the inferred bonds. Molecules RDKit
     rejects are written unsanitised (property ``sanitized`` = 0), never dropped, so record k is
     molecule k. ``names`` (default ``mol_<k>``) become the record titles."""
@@ -90,27 +98,32 @@ def write_sdf(path, positions, atom_types, batch=None, names: Sequence[str] | No
             writer.SetKekulize(sanitized)   # unsanitised ones have no aromatic flags to kekulise
             writer.write(molecule)
     writer.close()
-    data = buffer.getvalue().encode("utf-8")
-    return _write(path, lambda f: f.write(data))
+    return buffer.getvalue().encode("utf-8")
 
 
 def write_xyz(out_dir, positions, atom_types, batch=None, comments: Sequence[str] | None = None,
               elements: tuple[str, ...] = QM9_ELEMENTS) -> list[Path]:
-    """One standard XYZ file per molecule (``000000.xyz``, ...): atom count, comment line (default
-    ``mol_<k>``), then ``Symbol x y z`` in Å. Returns the paths in molecule order."""
+    """``xyz_bytes`` as ``000000.xyz``, ... in ``out_dir``; the paths in molecule order."""
+    contents = xyz_bytes(positions, atom_types, batch, comments, elements)
+    return [_write(Path(out_dir) / name, lambda f, data=data: f.write(data))
+            for name, data in zip(sample_file_names(len(contents), ".xyz"), contents)]
+
+
+def xyz_bytes(positions, atom_types, batch=None, comments: Sequence[str] | None = None,
+              elements: tuple[str, ...] = QM9_ELEMENTS) -> list[bytes]:
+    """One standard XYZ file per molecule: atom count, comment line (default ``mol_<k>``), then
+    ``Symbol x y z`` in Å."""
     positions, atom_types, bonds = _molecules(positions, atom_types, batch, elements)
     comments = _check_names(comments, bonds.num_molecules, "comments")
-    digits = max(6, len(str(bonds.num_molecules - 1)))
-    paths = []
+    contents = []
     for k in range(bonds.num_molecules):
         atoms = slice(int(bonds.atom_ptr[k]), int(bonds.atom_ptr[k + 1]))
         comment = (comments[k] if comments else f"mol_{k}").replace("\n", " ")
         lines = [str(atoms.stop - atoms.start), comment]
         lines += [f"{elements[t]} {x:.6f} {y:.6f} {z:.6f}"
                   for t, (x, y, z) in zip(atom_types[atoms].tolist(), positions[atoms].tolist())]
-        data = ("\n".join(lines) + "\n").encode("utf-8")
-        paths.append(_write(Path(out_dir) / f"{k:0{digits}d}.xyz", lambda f, data=data: f.write(data)))
-    return paths
+        contents.append(("\n".join(lines) + "\n").encode("utf-8"))
+    return contents
 
 
 def read_xyz(path) -> tuple[list[str], np.ndarray, str]:
@@ -160,9 +173,15 @@ def _depiction(molecule: Chem.Mol, sanitized: bool, hydrogens: bool, cell_size: 
         return None
 
 
-def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[str] | None = None,
+def write_grid_png(path, positions, atom_types, batch=None, **options) -> Path:
+    """``grid_png_bytes`` written to ``path``."""
+    data = grid_png_bytes(positions, atom_types, batch, **options)
+    return _write(path, lambda f: f.write(data))
+
+
+def grid_png_bytes(positions, atom_types, batch=None, legends: Sequence[str] | None = None,
                    per_row: int = 6, cell_size: int = 250, max_molecules: int = 48,
-                   hydrogens: bool = False, elements: tuple[str, ...] = QM9_ELEMENTS) -> Path:
+                   hydrogens: bool = False, elements: tuple[str, ...] = QM9_ELEMENTS) -> bytes:
     """PNG grid of 2D depictions of the first ``max_molecules`` molecules (inferred bonds, 2D
     coordinates from ``Compute2DCoords``; explicit H hidden unless ``hydrogens``, or the molecule is
     invalid, where they show what is wrong). Legends default
@@ -190,7 +209,7 @@ def write_grid_png(path, positions, atom_types, batch=None, legends: Sequence[st
                        cell_size)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return _write(path, lambda f: f.write(buffer.getvalue()))
+    return buffer.getvalue()
 
 
 def _label_empty_cells(image: Image.Image, cells: list[int], labels: list[str], per_row: int, cell_size: int):
@@ -219,9 +238,14 @@ def _render_frame(figure: Figure, canvas: FigureCanvasAgg, frame: np.ndarray, sy
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def write_chain_gif(path, frames, atom_types, elements: tuple[str, ...] = QM9_ELEMENTS,
-                    frame_ms: int = 80, last_frame_ms: int = 1500, size_px: int = 320,
-                    draw_bonds: bool = True) -> Path:
+def write_chain_gif(path, frames, atom_types, **options) -> Path:
+    """``chain_gif_bytes`` written to ``path``."""
+    data = chain_gif_bytes(frames, atom_types, **options)
+    return _write(path, lambda f: f.write(data))
+
+
+def chain_gif_bytes(frames, atom_types, elements: tuple[str, ...] = QM9_ELEMENTS, frame_ms: int = 80,
+                    last_frame_ms: int = 1500, size_px: int = 320, draw_bonds: bool = True) -> bytes:
     """GIF of one molecule along a denoising chain: ``frames`` [T, n, 3] (or a sequence of [n, 3]
     arrays), each a matplotlib 3D scatter coloured by element, centred on its own centre of mass
     with axis limits fixed over the chain. Bonds (EDM rule, per frame) are drawn when
@@ -248,4 +272,4 @@ def write_chain_gif(path, frames, atom_types, elements: tuple[str, ...] = QM9_EL
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations,
                    loop=0)
-    return _write(path, lambda f: f.write(buffer.getvalue()))
+    return buffer.getvalue()

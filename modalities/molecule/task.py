@@ -18,6 +18,7 @@ from modalities.molecule.autoencoder import MoleculeAutoencoder, molecule_autoen
 from modalities.molecule.components import (PropertyCondition, build_autoencoder, build_denoiser, load_molecules,
                                             zero_com)
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
+from shared.conditioning.conditioners import drop_condition
 from shared.diffusion.losses import DenoisingScoreMatching, mean_per_item
 
 
@@ -130,8 +131,7 @@ class MoleculeDiffusionStage:
         z = self.autoencoder.normalize_latent(draw_latent(batch["mean"], batch["std"], molecules, random))
         cond = self.condition.condition(molecules, z.device)
         if cond.properties is not None:  # CFG dropout: the property marked absent
-            keep = random.rand(molecules.num_molecules).to(z.device) >= self.cfg_dropout
-            cond = cond.with_presence(keep)
+            cond = drop_condition(cond, self.cfg_dropout, random.rand(molecules.num_molecules), null=None)
         t = random.draw(self.loss.time_sampler, molecules.num_molecules, self.denoiser.schedule).to(z.device)
         per_element = self.loss(self.denoiser, z, cond, space=space, t=t, **self.loss.global_draws(random, z),
                                 generator=random.generator)  # the self-conditioning coin, same on every rank

@@ -17,9 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-from shared.io.atomic_files import atomic_write
+from shared.io.sample_dir import ARRAYS_FILE, INDEX_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
 
-INDEX_FILE, ARRAYS_FILE, PREVIEW_FILE = "samples.jsonl", "samples.npz", "preview.png"
+PREVIEW_FILE = "preview.png"
 RESERVED_KEYS = {"file", "label", "prompt", "seed", "empty"}
 VIEW = (20.0, 45.0)                 # fixed (elevation, azimuth) so previews of different runs compare
 POINT_FORMATS = (".ply", ".xyz", ".txt", ".npy")
@@ -85,9 +85,10 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int):
     return vertices, faces
 
 
-def _render_preview(path: Path, points: np.ndarray, titles: list, meshes=None, per_row: int = 8,
-                    max_points: int = 2048, max_faces: int = 2000) -> None:
-    """Grid of 3D renders on an Agg canvas of its own (no pyplot, so global state is untouched)."""
+def _render_preview(points: np.ndarray, titles: list, meshes=None, per_row: int = 8, max_points: int = 2048,
+                    max_faces: int = 2000):
+    """Grid of 3D renders on an Agg canvas of its own (no pyplot, so global state is untouched), as a
+    ``write(binary_file)`` of its PNG."""
     n = len(points)
     cols, tile = min(per_row, max(n, 1)), 2.0
     rows = max(1, -(-n // cols))
@@ -123,39 +124,18 @@ def _render_preview(path: Path, points: np.ndarray, titles: list, meshes=None, p
             axes.text2D(0.5, 0.98, str(titles[i]), transform=axes.transAxes, ha="center", va="top",
                         fontsize=8)                          # inside the tile: never clipped
     figure.subplots_adjust(0, 0, 1, 1, 0, 0)
-    atomic_write(path, lambda f: canvas.print_png(f))
+    return canvas.print_png
 
 
 def _write_directory(out_dir: Path, kind: str, files: list, records: list[dict], points: np.ndarray,
                      labels, meshes, preview_max: int) -> Path:
-    """Shared tail: drop stale sample files, write preview, npz, and the index last (its presence
-    marks a complete directory)."""
-    records = [{"file": name, **record} for name, record in zip(files, records)]
-    for stale in _previous_files(out_dir) - set(files):
-        if Path(stale).name == stale:                       # only plain names this exporter wrote
-            (out_dir / stale).unlink(missing_ok=True)
+    """The shared tail of both exporters: the preview renders, the arrays and the index."""
     titles = [r.get("prompt", r.get("label")) for r in records[:preview_max]]
-    _render_preview(out_dir / PREVIEW_FILE, points[:preview_max], titles,
-                    None if meshes is None else meshes[:preview_max])
+    preview = _render_preview(points[:preview_max], titles, None if meshes is None else meshes[:preview_max])
     arrays = {"points": points, "kind": np.array(kind)}
     if labels is not None:
         arrays["labels"] = np.asarray([int(x) for x in labels], dtype=np.int64)
-    atomic_write(out_dir / ARRAYS_FILE, lambda f: np.savez_compressed(f, **arrays))
-    lines = "".join(json.dumps(record) + "\n" for record in records)
-    atomic_write(out_dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
-    return out_dir
-
-
-def _previous_files(out_dir: Path) -> set[str]:
-    try:
-        return {r["file"] for r in _read_index(out_dir) if isinstance(r.get("file"), str)}
-    except (OSError, ValueError, AttributeError):           # no or unreadable old index: keep all
-        return set()
-
-
-def _file_names(n: int, suffix: str) -> list[str]:
-    digits = max(6, len(str(n - 1)))
-    return [f"{i:0{digits}d}{suffix}" for i in range(n)]
+    return write_sample_dir(out_dir, files, records, arrays, previews={PREVIEW_FILE: preview})
 
 
 def export_point_clouds(out_dir, points, labels=None, label_names: list[str] | None = None,
@@ -167,11 +147,8 @@ def export_point_clouds(out_dir, points, labels=None, label_names: list[str] | N
     out_dir = Path(out_dir)
     array = _points_array(points)
     records = _records(len(array), labels, label_names, seeds, extra)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = _file_names(len(array), ".ply")
-    for name, cloud in zip(files, array):
-        data = trimesh.PointCloud(cloud).export(file_type="ply")
-        atomic_write(out_dir / name, lambda f, data=data: f.write(data))
+    files = [(name, trimesh.PointCloud(cloud).export(file_type="ply"))
+             for name, cloud in zip(sample_file_names(len(array), ".ply"), array)]
     return _write_directory(out_dir, "point_clouds", files, records, array, labels, None, preview_max)
 
 
@@ -192,39 +169,22 @@ def export_meshes(out_dir, meshes: list, points, labels=None, label_names: list[
     for i, mesh in enumerate(meshes):
         if mesh is not None and len(mesh.vertices) and not np.isfinite(mesh.vertices).all():
             raise ValueError(f"mesh {i} has NaN/inf vertices")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[str | None] = []
-    for name, mesh, record in zip(_file_names(len(array), f".{mesh_format}"), meshes, records):
+    files: list[tuple[str | None, bytes | None]] = []
+    for name, mesh, record in zip(sample_file_names(len(array), f".{mesh_format}"), meshes, records):
         if mesh is None or len(mesh.faces) == 0:
-            files.append(None)
+            files.append((None, None))
             record["empty"] = True
             continue
         data = mesh.export(file_type=mesh_format)
-        data = data.encode("utf-8") if isinstance(data, str) else data
-        atomic_write(out_dir / name, lambda f, data=data: f.write(data))
-        files.append(name)
+        files.append((name, data.encode("utf-8") if isinstance(data, str) else data))
     return _write_directory(out_dir, "meshes", files, records, array, labels, meshes, preview_max)
-
-
-def _read_index(out_dir: Path) -> list[dict]:
-    path = out_dir / INDEX_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; not a shape sample directory")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error})") from None
-    return records
 
 
 def load_meshes(out_dir) -> list[trimesh.Trimesh]:
     """The meshes the index names, in order; an empty ``trimesh.Trimesh()`` for ``"file": null``."""
     out_dir = Path(out_dir)
     meshes = []
-    for record in _read_index(out_dir):
+    for record in read_index(out_dir):
         if record.get("file") is None:
             meshes.append(trimesh.Trimesh())
             continue
@@ -244,16 +204,8 @@ def load_shape_samples(out_dir, meshes: bool = True) -> dict:
     if not out_dir.is_dir():
         raise FileNotFoundError(f"{out_dir}: no such directory")
     path = out_dir / ARRAYS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; not a shape sample directory")
-    try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:  # closes on error
-            loaded = {key: arrays[key] for key in arrays.files}
-    except Exception as error:                               # BadZipFile, zlib.error, EOFError, ...
-        raise ValueError(f"{path}: corrupt or truncated ({type(error).__name__}: {error})") from None
-    if "points" not in loaded:
-        raise ValueError(f"{path}: no 'points' array; not a shape sample directory")
-    records = _read_index(out_dir)
+    loaded = read_arrays(out_dir, required=("points",))
+    records = read_index(out_dir)
     if len(records) != len(loaded["points"]):
         raise ValueError(f"{out_dir / INDEX_FILE}: {len(records)} lines but {path} holds "
                          f"{len(loaded['points'])} samples")

@@ -14,6 +14,7 @@ from modalities.shape.components import build_label_encoder, class_indices, load
 from modalities.shape.export import export_point_clouds
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.pointcloud_vae import PointCloudVAE, pointcloud_vae_loss
+from shared.conditioning.conditioners import drop_condition
 from shared.diffusion.losses import DenoisingScoreMatching
 from shared.training.stages import Conditions, LatentDiffusionStage
 from shared.training.checkpoint import load_stage_weights
@@ -122,8 +123,8 @@ class PointPriorStage:
         z0 = batch["global_mean"] + batch["global_std"] * random.randn_like(batch["global_mean"])
         h = batch["points_mean"] + batch["points_std"] * random.randn_like(batch["points_mean"])
         z0, h = self.vae.global_stats.normalize(z0), self.vae.point_stats.normalize(h)
-        labels = batch["labels"].clone()
-        labels[random.rand(len(labels)).cpu() < self.cfg_dropout] = self.label_encoder.null_index
+        labels = drop_condition(batch["labels"], self.cfg_dropout, random.rand(len(batch["labels"])).cpu(),
+                                null=self.label_encoder.null_index)
         t = random.draw(self.loss.time_sampler, len(h), self.denoiser.schedule)
         cond = point_condition(z0, self.label_encoder, labels)
         loss = self.loss(self.denoiser, h, cond, t=t, **self.loss.global_draws(random, h),

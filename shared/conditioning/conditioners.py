@@ -27,24 +27,29 @@ __all__ = ["TextCondition", "TextEncoder", "default_text_encoder_path", "drop_co
            "Conditioner", "TextConditioner", "LabelConditioner"]
 
 
-def drop_condition(cond, p: float, generator: torch.Generator | None = None, *, null):
+def drop_condition(cond, p: float, uniforms: torch.Tensor, *, null):
     """Classifier-free-guidance dropout (Ho & Salimans 2022): each item's condition becomes the null
-    condition with probability ``p``.
+    condition with probability ``p``; the one dropout path of every modality's training.
 
-    ``cond`` is a :class:`TextCondition` (``null``: a TextCondition of one or B items; tokens, mask and
-    pooled are replaced together), a label tensor (``null``: the null class index) or an embedding
-    tensor (``null``: a tensor broadcastable to one item). One uniform per item is drawn from
-    ``generator`` (on the generator's device), whatever ``p``, so the result is deterministic given it.
+    ``uniforms``: one U(0, 1) draw per item, the item dropped where it is below ``p`` (training passes the
+    step's shard-invariant ``random.rand(n)``, so dropout is exact on resume and across process counts).
+    ``cond`` is a label tensor (``null``: the null class index), an embedding tensor (``null``: a tensor
+    broadcastable to one item), or any condition with ``where(drop, null)`` (a :class:`TextCondition`,
+    ``null`` one or B items with tokens, mask and pooled replaced together; a modality's own condition type).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-    device = generator.device if generator is not None else "cpu"
-    drop = torch.rand(len(cond), generator=generator, device=device) < p
-    if isinstance(cond, TextCondition):
+    drop = torch.as_tensor(uniforms) < p
+    if not isinstance(cond, torch.Tensor):  # (a tensor's own .where has the other meaning)
         return cond.where(drop, null)
     drop = append_dims(drop.to(cond.device), cond.ndim)
     null = torch.as_tensor(null, dtype=cond.dtype, device=cond.device)
     return torch.where(drop, null, cond)
+
+
+def uniform_draws(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n U(0, 1) draws on the generator's device (CPU without one)."""
+    return torch.rand(n, generator=generator, device=generator.device if generator is not None else "cpu")
 
 
 class ClassLabelEncoder(nn.Module):
@@ -97,7 +102,7 @@ class TextConditioner(nn.Module):
                train: bool = False) -> TextCondition:
         cond = self.encoder(captions)
         if train and self.dropout > 0:
-            cond = drop_condition(cond, self.dropout, generator, null=self.encoder.null(1))
+            cond = drop_condition(cond, self.dropout, uniform_draws(len(cond), generator), null=self.encoder.null(1))
         return cond
 
     def null(self, batch_size: int) -> TextCondition:
@@ -121,7 +126,8 @@ class LabelConditioner(nn.Module):
                train: bool = False) -> torch.Tensor:
         labels = torch.as_tensor(labels).long()
         if train and self.dropout > 0:
-            labels = drop_condition(labels, self.dropout, generator, null=self.encoder.null_index)
+            labels = drop_condition(labels, self.dropout, uniform_draws(len(labels), generator),
+                                    null=self.encoder.null_index)
         return self.encoder(labels)
 
     def null(self, batch_size: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from shared.first_stage.autoencoder import FirstStage, autoencoder_loss
-from shared.conditioning.conditioners import TextCondition, TextEncoder
+from shared.conditioning.conditioners import TextCondition, TextEncoder, drop_condition
 from shared.diffusion.denoiser import Denoiser
 from shared.diffusion.losses import DenoisingScoreMatching
 
@@ -154,8 +154,8 @@ class LatentDiffusionStage:
 
     def losses(self, batch, random, step):
         z = self.latent(batch, random)
-        index = batch["index"].clone()
-        index[random.rand(len(index)).cpu() < self.cfg_dropout] = self.conditions.null_index
+        index = drop_condition(batch["index"], self.cfg_dropout, random.rand(len(batch["index"])).cpu(),
+                               null=self.conditions.null_index)
         cond = self.conditions(index, z.device)
         t = random.draw(self.loss.time_sampler, len(z), self.denoiser.schedule)
         loss = self.loss(self.denoiser, z, cond, t=t, **self.loss.global_draws(random, z),

@@ -135,16 +135,20 @@ def test_frozen_model_is_outside_parameters_and_state_dict(encoder):
 
 # --- CFG dropout ----------------------------------------------------------------------------------
 
+def draws(n, seed):
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed))
+
+
 def test_drop_condition_text(encoder):
     cond, null = encoder(CAPTIONS * 8), encoder.null(1)
-    same = drop_condition(cond, 0.0, torch.Generator().manual_seed(0), null=null)
+    same = drop_condition(cond, 0.0, draws(len(cond), 0), null=null)
     assert torch.equal(same.tokens, cond.tokens) and torch.equal(same.mask, cond.mask)
-    allnull = drop_condition(cond, 1.0, torch.Generator().manual_seed(0), null=null)
+    allnull = drop_condition(cond, 1.0, draws(len(cond), 0), null=null)
     assert torch.equal(allnull.tokens, null.tokens.expand_as(cond.tokens))
     assert torch.equal(allnull.mask, null.mask.expand_as(cond.mask))
     assert torch.equal(allnull.pooled, null.pooled.expand_as(cond.pooled))
-    half = drop_condition(cond, 0.5, torch.Generator().manual_seed(1), null=null)
-    again = drop_condition(cond, 0.5, torch.Generator().manual_seed(1), null=null)
+    half = drop_condition(cond, 0.5, draws(len(cond), 1), null=null)
+    again = drop_condition(cond, 0.5, draws(len(cond), 1), null=null)
     assert torch.equal(half.tokens, again.tokens) and torch.equal(half.mask, again.mask)
     dropped = (half.pooled == null.pooled).all(1)
     kept = (half.pooled == cond.pooled).all(1)
@@ -155,18 +159,18 @@ def test_drop_condition_text(encoder):
 
 def test_drop_condition_labels():
     labels = torch.arange(9).repeat(400)
-    assert torch.equal(drop_condition(labels, 0.0, torch.Generator().manual_seed(0), null=9), labels)
-    assert (drop_condition(labels, 1.0, torch.Generator().manual_seed(0), null=9) == 9).all()
-    a = drop_condition(labels, 0.5, torch.Generator().manual_seed(3), null=9)
-    b = drop_condition(labels, 0.5, torch.Generator().manual_seed(3), null=9)
-    c = drop_condition(labels, 0.5, torch.Generator().manual_seed(4), null=9)
+    assert torch.equal(drop_condition(labels, 0.0, draws(len(labels), 0), null=9), labels)
+    assert (drop_condition(labels, 1.0, draws(len(labels), 0), null=9) == 9).all()
+    a = drop_condition(labels, 0.5, draws(len(labels), 3), null=9)
+    b = drop_condition(labels, 0.5, draws(len(labels), 3), null=9)
+    c = drop_condition(labels, 0.5, draws(len(labels), 4), null=9)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert abs((a == 9).float().mean().item() - 0.5) < 0.05  # 3600 draws: 6 standard deviations
     assert torch.equal(a[a != 9], labels[a != 9])
-    rate = (drop_condition(labels, 0.1, torch.Generator().manual_seed(5), null=9) == 9).float().mean().item()
+    rate = (drop_condition(labels, 0.1, draws(len(labels), 5), null=9) == 9).float().mean().item()
     assert abs(rate - 0.1) < 0.03
     with pytest.raises(ValueError):
-        drop_condition(labels, 1.5, null=9)
+        drop_condition(labels, 1.5, draws(len(labels), 0), null=9)
 
 
 # --- class labels ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from modalities.molecule.dynamics import EGNNDynamics
 from modalities.molecule.e3nn_backbone import E3nnDynamics
 from modalities.molecule.egnn import EGNN, CoordinateUpdate
 from modalities.molecule.egnn_dense import dense_egnn
+from shared.conditioning.conditioners import drop_condition
 from shared.diffusion.spaces import ZeroCoMSpace
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-7}
@@ -267,8 +268,11 @@ def test_condition_dropout_and_unconditional_version():
     reference = model(x, time, uncond)
     assert not torch.allclose(model(x, time, cond), reference)
     assert torch.equal(model(x, time, nan_props), reference) and torch.equal(model(x, time, no_props), reference)
-    g = torch.Generator().manual_seed(0)
-    assert not cond.drop(1.0, g).presence().any() and cond.drop(0.0, g).presence().all()
+    draws = torch.rand(len(SIZES), generator=torch.Generator().manual_seed(0))  # CFG dropout, the core's one path
+    assert not drop_condition(cond, 1.0, draws, null=None).presence().any()
+    assert drop_condition(cond, 0.0, draws, null=None).presence().all()
+    half = drop_condition(cond, 0.5, draws, null=None).presence()
+    assert torch.equal(half, draws >= 0.5)
 
 
 def test_posterior_kl_counts_zero_com_degrees_of_freedom():

@@ -138,7 +138,7 @@ def test_large_meshes_are_decimated_for_the_preview_only():
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         load_shape_samples(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="samples.npz: missing; not a shape sample directory"):
+    with pytest.raises(FileNotFoundError, match="samples.npz: missing; not a complete sample directory"):
         load_shape_samples(tmp_path)
     out = export_point_clouds(tmp_path / "s", _clouds(4), preview_max=1)
     index = out / "samples.jsonl"

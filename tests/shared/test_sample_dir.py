@@ -1,0 +1,48 @@
+"""The one sample-directory writer every modality uses: files, arrays, previews, and the index last."""
+import json
+
+import numpy as np
+import pytest
+
+from shared.io.sample_dir import read_arrays, read_index, sample_file_names, write_sample_dir
+
+
+def test_writes_files_arrays_previews_and_an_index_naming_each_file(tmp_path):
+    files = [("000000.txt", b"a"), (None, None), ("000002.txt", b"c")]
+    records = [{"seed": 0}, {"seed": 1, "empty": True}, {"seed": 2}]
+    write_sample_dir(tmp_path, files, records, {"x": np.arange(3)}, previews={"grid.png": lambda f: f.write(b"png")})
+    assert (tmp_path / "000000.txt").read_bytes() == b"a" and not (tmp_path / "000001.txt").exists()
+    assert (tmp_path / "grid.png").read_bytes() == b"png"
+    assert read_index(tmp_path) == [{"file": "000000.txt", "seed": 0}, {"file": None, "seed": 1, "empty": True},
+                                    {"file": "000002.txt", "seed": 2}]
+    assert np.array_equal(read_arrays(tmp_path, required=("x",))["x"], np.arange(3))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_second_export_removes_the_sample_files_it_does_not_rewrite(tmp_path):
+    write_sample_dir(tmp_path, [(n, b"x") for n in sample_file_names(3, ".txt")], [{}] * 3, {})
+    (tmp_path / "notes.md").write_text("mine")
+    write_sample_dir(tmp_path, [(n, b"y") for n in sample_file_names(1, ".txt")], [{}], {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.txt", "notes.md", "samples.jsonl", "samples.npz"]
+
+
+def test_bad_directories_are_named(tmp_path):
+    with pytest.raises(ValueError, match="2 sample files for 1 index records"):
+        write_sample_dir(tmp_path, [("a", b""), ("b", b"")], [{}], {})
+    with pytest.raises(FileNotFoundError, match="samples.jsonl: missing"):
+        read_index(tmp_path)
+    write_sample_dir(tmp_path, [("a", b"")], [{}], {"x": np.zeros(1000)})
+    (tmp_path / "samples.jsonl").write_text(json.dumps({"file": "a"}) + "\n{broken\n")
+    with pytest.raises(ValueError, match="samples.jsonl:2: not JSON"):
+        read_index(tmp_path)
+    with pytest.raises(ValueError, match="no 'y' array"):
+        read_arrays(tmp_path, required=("y",))
+    data = (tmp_path / "samples.npz").read_bytes()
+    (tmp_path / "samples.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="samples.npz: corrupt or truncated"):
+        read_arrays(tmp_path)
+
+
+def test_sample_file_names_widen_past_a_million():
+    assert sample_file_names(2, ".png") == ["000000.png", "000001.png"]
+    assert sample_file_names(1_000_001, ".xyz")[-1] == "1000000.xyz"
