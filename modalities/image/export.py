@@ -1,4 +1,4 @@
-"""Image sample directories (the contract in DESIGN.md): one PNG per sample (``000000.png``, ...),
+"""Image sample directories (the contract of ``shared.io.sample_dir``): one PNG per sample (``000000.png``, ...),
 a ``grid.png`` preview, a ``samples.jsonl`` index (``file`` and ``prompt`` / ``label`` / ``seed``
 where they apply) and the raw arrays in ``samples.npz``. ``load_image_samples`` reads one back.
 """

@@ -1,4 +1,4 @@
-"""The molecule sample directory (DESIGN.md's contract): one ``.xyz`` per molecule, all of them in
+"""The molecule sample directory (the contract of ``shared.io.sample_dir``): one ``.xyz`` per molecule, all of them in
 ``samples.sdf``, the raw arrays in ``samples.npz`` (packed rows + atom counts), a ``grid.png`` of 2D
 depictions, optionally ``chain.gif``, and the ``samples.jsonl`` index, written last."""
 from __future__ import annotations

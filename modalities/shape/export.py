@@ -1,4 +1,4 @@
-"""3D shape sample directories (the contract in DESIGN.md): one file per sample (``000000.ply``
+"""3D shape sample directories (the contract of ``shared.io.sample_dir``): one file per sample (``000000.ply``
 binary point clouds, or ``000000.obj`` / ``.ply`` meshes), a ``preview.png`` grid of matplotlib
 renders, a ``samples.jsonl`` index (``file`` and ``label`` / ``prompt`` / ``seed`` / extra fields
 where given) and the raw arrays in ``samples.npz``. ``load_shape_samples`` reads one back and
