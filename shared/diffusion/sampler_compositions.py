@@ -21,7 +21,7 @@ import functools
 import torch
 
 from shared.diffusion.forward_process import renoise
-from shared.diffusion.samplers import _run, ancestral_step, denoise, refine_to_mode
+from shared.diffusion.samplers import ancestral_step, denoise, refine_to_mode, run_grid
 from shared.diffusion.spaces import EuclideanSpace
 
 
@@ -76,7 +76,7 @@ def sample_repaint(denoiser, x_T, schedule, steps=1000, space=None, generator=No
             x0 = denoise(denoiser, x, t, space, cond)
         return move(x, t, s, x0)
 
-    return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
+    return run_grid(step, denoiser, x_T, schedule, steps, space, cond, callback)
 
 
 def with_refinement(sampler, stages: list[tuple[int, float]]):

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from shared.diffusion.forward_process import posterior, renoise
+from shared.diffusion.forward_process import posterior
 from shared.diffusion.schedules import NoiseSchedule
 from shared.diffusion.spaces import EuclideanSpace
 
@@ -37,7 +37,7 @@ def _report(callback, step, t, x, x0):
         callback({"step": step, "t": t, "x": x, "denoised": x0})
 
 
-def _run(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=None):
+def run_grid(step_fn, denoiser, x, schedule, steps, space, cond, callback, perturb=None):
     """The loop every fixed-grid sampler shares: x ← step_fn(x, t, s, x̂_0(x, t)).
 
     ``perturb(x, t, num_steps) -> (x, t)`` may move the state to a noisier time first (EDM churn).
@@ -83,7 +83,7 @@ def sample_ddpm(denoiser, x_T, schedule, steps=1000, space=None, generator=None,
     """Ancestral sampling (Ho et al. 2020, Alg. 2). Low temperature, RePaint resampling and refinement to a
     mode are compositions of it: ``shared.diffusion.sampler_compositions``."""
     space = space or EuclideanSpace()
-    return _run(ancestral_step(schedule, space, generator), denoiser, x_T, schedule, steps, space, cond, callback)
+    return run_grid(ancestral_step(schedule, space, generator), denoiser, x_T, schedule, steps, space, cond, callback)
 
 
 @torch.no_grad()
@@ -99,7 +99,7 @@ def sample_ddim(denoiser, x_T, schedule, steps=50, space=None, generator=None, c
         x = a_s * x0 + (s_s**2 - c**2).clamp(min=0).sqrt() * eps
         return x + c * space.randn_like(x, generator) if eta > 0 else x
 
-    return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
+    return run_grid(step, denoiser, x_T, schedule, steps, space, cond, callback)
 
 
 def _churn(schedule, churn, space, generator):
@@ -133,7 +133,7 @@ def sample_euler(denoiser, x_T, schedule, steps=50, space=None, generator=None, 
         return a_s * x0 + s_s * (x - a_t * x0) / s_t
 
     perturb = _churn(schedule, churn, space, generator)
-    return _run(step, denoiser, x_T, schedule, steps, space, cond, callback, perturb)
+    return run_grid(step, denoiser, x_T, schedule, steps, space, cond, callback, perturb)
 
 
 @torch.no_grad()
@@ -158,7 +158,7 @@ def sample_heun(denoiser, x_T, schedule, steps=25, space=None, generator=None, c
         return x_euler + a_s * 0.5 * (s_s / a_s - s_t / a_t) * (eps_s - eps)
 
     perturb = _churn(schedule, churn, space, generator)
-    return _run(step, denoiser, x_T, schedule, steps, space, cond, callback, perturb)
+    return run_grid(step, denoiser, x_T, schedule, steps, space, cond, callback, perturb)
 
 
 @torch.no_grad()
@@ -177,4 +177,4 @@ def sample_dpmpp_2m(denoiser, x_T, schedule, steps=20, space=None, generator=Non
         history.update(h=h, x0=x0)
         return (s_s / s_t) * x - a_s * torch.expm1(-h) * d
 
-    return _run(step, denoiser, x_T, schedule, steps, space, cond, callback)
+    return run_grid(step, denoiser, x_T, schedule, steps, space, cond, callback)
