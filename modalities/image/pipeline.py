@@ -11,10 +11,10 @@ from modalities.image.components import (build_conditioner, build_dataset, build
                                          caption_vocabulary, latent_shape, load_images)
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
-from shared.cli.commands import guided_sampler
+from shared.generation.sampler import guided_sampler
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.training.stages import as_condition
-from shared.training.checkpoint import load_stage_weights
+from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
 
 
 def encode_prompts(conditioner, prompts: list[str], device) -> object:
@@ -54,8 +54,7 @@ class ImagePipeline:
             return  # data-only evaluation
         self.first_stage = build_first_stage(cfg)
         if self.first_stage is not None:
-            load_stage_weights(run_dir, "autoencoder", {"autoencoder": self.first_stage}, prefer_ema=False)
-            self.first_stage.to(device).eval()
+            load_frozen_first_stage(self.first_stage, run_dir, device)
         self.conditioner = build_conditioner(cfg).to(device)
         self.denoiser = build_denoiser(cfg, self.first_stage, self.conditioner).to(device).eval()
         modules = {"denoiser": self.denoiser}

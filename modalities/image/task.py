@@ -11,7 +11,7 @@ from modalities.image.components import build_conditioner, build_denoiser, build
 from modalities.image.export import export_image_samples
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.training.stages import AutoencoderStage, Conditions, LatentDiffusionStage
-from shared.training.checkpoint import load_stage_weights
+from shared.training.checkpoint import load_frozen_first_stage
 
 
 def preview_images(images: torch.Tensor, out_dir: Path, prompts=None):
@@ -31,7 +31,7 @@ def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device)
     if stage == "diffusion":
         first_stage = build_first_stage(cfg)
         if first_stage is not None:
-            load_stage_weights(run_dir, "autoencoder", {"autoencoder": first_stage}, prefer_ema=False)
+            load_frozen_first_stage(first_stage, run_dir, device)
         conditioner = build_conditioner(cfg).to(device)
         if isinstance(conditioner, ClassLabelEncoder):
             conditions = Conditions(labels=labels, label_encoder=conditioner)

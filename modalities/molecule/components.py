@@ -15,7 +15,7 @@ from modalities.molecule.data import normalize_properties, property_statistics
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
 from shared.diffusion.denoiser import Denoiser
 from shared.diffusion.spaces import ZeroCoMSpace
-from shared.training.checkpoint import load_stage_weights
+from shared.training.checkpoint import load_frozen_first_stage
 
 
 def load_molecules(cfg: DictConfig, **overrides) -> PackedMolecules:
@@ -64,10 +64,7 @@ class PropertyCondition:
 
 def build_autoencoder(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> MoleculeAutoencoder:
     autoencoder = instantiate(cfg.autoencoder)
-    if run_dir is not None:
-        load_stage_weights(run_dir, "autoencoder", {"autoencoder": autoencoder}, prefer_ema=False)
-        autoencoder.to(device).eval().requires_grad_(False)
-    return autoencoder
+    return load_frozen_first_stage(autoencoder, run_dir, device) if run_dir is not None else autoencoder
 
 
 def build_denoiser(cfg: DictConfig, autoencoder: MoleculeAutoencoder) -> Denoiser:

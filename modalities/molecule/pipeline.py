@@ -16,8 +16,8 @@ from modalities.molecule.fragments import (FragmentInpainting, atom_counts_above
                                            read_fragment)
 from modalities.molecule.graphs import PackedMolecules, fully_connected_edges
 from modalities.molecule.metrics import evaluate_molecules, training_smiles
-from modalities.molecule.sample_dir import read_molecule_samples, write_molecule_samples
-from shared.cli.commands import guided_sampler
+from modalities.molecule.export import export_molecule_samples, load_molecule_samples
+from shared.generation.sampler import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -61,7 +61,7 @@ def export_reconstructions(autoencoder, molecules: PackedMolecules, out_dir: Pat
     original = zero_com(part.batch, part.num_molecules).project(part.pos)
     counts = molecules.num_atoms[:part.num_molecules]
     records = [{"kind": "data"}] * len(counts) + [{"kind": "reconstruction"}] * len(counts)
-    write_molecule_samples(out_dir, torch.cat([original, decoded.positions]),
+    export_molecule_samples(out_dir, torch.cat([original, decoded.positions]),
                            torch.cat([part.atom_type, decoded.atom_logits.argmax(1)]), torch.cat([counts, counts]),
                            records)
 
@@ -159,7 +159,7 @@ class MoleculePipeline:
         if result["properties"] is not None:
             for record, values in zip(records, result["properties"].tolist()):
                 record["properties"] = dict(zip(self.condition.names, values))
-        write_molecule_samples(out_dir, result["positions"], result["atom_types"], result["num_atoms"], records,
+        export_molecule_samples(out_dir, result["positions"], result["atom_types"], result["num_atoms"], records,
                                chain=result["chain"], grid_max=self.cfg.modality.export.grid_molecules)
 
     def reference_smiles(self) -> set[str]:
@@ -168,7 +168,7 @@ class MoleculePipeline:
         return training_smiles(everything.pos, everything.atom_type, everything.batch)
 
     def evaluate_samples(self, out_dir: Path) -> dict:
-        samples = read_molecule_samples(out_dir)
+        samples = load_molecule_samples(out_dir)
         return evaluate_molecules(samples["positions"], samples["atom_types"], samples["batch"],
                                   reference_smiles=self.reference_smiles(), num_molecules=len(samples["num_atoms"]))
 

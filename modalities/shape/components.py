@@ -5,12 +5,17 @@ Training (``*_task.py``) and sampling (``*_pipeline.py``) both build through her
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from modalities.shape.pointcloud_vae import PointCloudVAE
+from modalities.shape.sdf_vae import SDFAutoencoder
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.diffusion.denoiser import Denoiser
+from shared.training.checkpoint import load_frozen_first_stage
 from shared.training.stages import as_condition
 
 
@@ -63,3 +68,31 @@ def parse_labels(prompt: str | None, num_samples: int, label_names: list[str]) -
 def label_conditions(encoder: ClassLabelEncoder, labels: torch.Tensor, device):
     """(conditional, null) condition objects for classifier-free guidance."""
     return (as_condition(encoder(labels.to(device))), as_condition(encoder.null(len(labels)).to(device)))
+
+
+def build_vae(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> PointCloudVAE:
+    vae = instantiate(cfg.autoencoder, num_points=cfg.data.num_points)
+    return load_frozen_first_stage(vae, run_dir, device) if run_dir is not None else vae
+
+
+def build_global_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
+    return make_denoiser(cfg, instantiate(cfg.backbone.global_prior)(dim=vae.global_dim, cond_dim=label_encoder.dim))
+
+
+def build_point_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
+    backbone = instantiate(cfg.backbone.point_prior)(point_dim=vae.point_dim, cond_dim=vae.global_dim + label_encoder.dim)
+    return make_denoiser(cfg, backbone)
+
+
+def point_condition(z0: torch.Tensor, label_encoder, labels: torch.Tensor) -> torch.Tensor:
+    """The point prior's condition: [normalised z₀, class embedding]."""
+    return torch.cat([z0, label_encoder(labels.to(z0.device)).to(z0.dtype)], dim=-1)
+
+
+def build_sdf_autoencoder(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> SDFAutoencoder:
+    autoencoder = instantiate(cfg.autoencoder)
+    return load_frozen_first_stage(autoencoder, run_dir, device) if run_dir is not None else autoencoder
+
+
+def build_sdf_denoiser(cfg: DictConfig, autoencoder: SDFAutoencoder, label_encoder):
+    return make_denoiser(cfg, instantiate(cfg.backbone)(dim=autoencoder.latent_channels, cond_dim=label_encoder.dim))

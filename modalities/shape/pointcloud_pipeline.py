@@ -9,12 +9,11 @@ import torch
 from omegaconf import DictConfig
 
 from modalities.shape.completion import complete
-from modalities.shape.components import (build_label_encoder, dataset_label_names, label_conditions,
-                                         parse_labels)
+from modalities.shape.components import (build_global_denoiser, build_label_encoder, build_point_denoiser, build_vae,
+                                         dataset_label_names, label_conditions, parse_labels, point_condition)
 from modalities.shape.export import export_point_clouds, load_shape_samples, read_point_cloud
-from modalities.shape.pointcloud_task import build_global_denoiser, build_point_denoiser, build_vae, point_condition
 from modalities.shape.evaluation import compare_with_data, data_row
-from shared.cli.commands import guided_sampler
+from shared.generation.sampler import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 

@@ -10,14 +10,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from modalities.shape.components import build_label_encoder, class_indices, load_shapes, make_denoiser
+from modalities.shape.components import (build_global_denoiser, build_label_encoder, build_point_denoiser, build_vae,
+                                         class_indices, load_shapes, point_condition)
+from modalities.shape.pointcloud_pipeline import PointCloudPipeline
 from modalities.shape.export import export_point_clouds
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.pointcloud_vae import PointCloudVAE, pointcloud_vae_loss
 from shared.conditioning.conditioners import drop_condition
 from shared.diffusion.losses import DenoisingScoreMatching
 from shared.training.stages import Conditions, LatentDiffusionStage
-from shared.training.checkpoint import load_stage_weights
 
 
 class PointCloudAutoencoderStage:
@@ -79,11 +80,6 @@ class GlobalLatent(nn.Module):
         return self.vae.encode(x)[0]
 
 
-def point_condition(z0: torch.Tensor, label_encoder, labels: torch.Tensor) -> torch.Tensor:
-    """The point prior's condition: [normalised z₀, class embedding]."""
-    return torch.cat([z0, label_encoder(labels.to(z0.device)).to(z0.dtype)], dim=-1)
-
-
 class PointPriorStage:
     """Denoising score matching on normalised latent points h, conditioned on the normalised z₀ of the
     same shape (both drawn from the posterior each step, as LION trains its second prior) and on the
@@ -140,23 +136,6 @@ class PointPriorStage:
             self.preview_fn(self.denoiser, self.label_encoder, out_dir)
 
 
-def build_vae(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> PointCloudVAE:
-    vae = instantiate(cfg.autoencoder, num_points=cfg.data.num_points)
-    if run_dir is not None:
-        load_stage_weights(run_dir, "autoencoder", {"autoencoder": vae}, prefer_ema=False)
-        vae.to(device).eval().requires_grad_(False)
-    return vae
-
-
-def build_global_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
-    return make_denoiser(cfg, instantiate(cfg.backbone.global_prior)(dim=vae.global_dim, cond_dim=label_encoder.dim))
-
-
-def build_point_denoiser(cfg: DictConfig, vae: PointCloudVAE, label_encoder):
-    backbone = instantiate(cfg.backbone.point_prior)(point_dim=vae.point_dim, cond_dim=vae.global_dim + label_encoder.dim)
-    return make_denoiser(cfg, backbone)
-
-
 def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
     data, label_names = load_shapes(cfg)
     if stage == "autoencoder":
@@ -175,8 +154,6 @@ def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device)
         denoiser = build_point_denoiser(cfg, vae, label_encoder)
 
         def preview(point_denoiser, point_labels, out_dir: Path):
-            from modalities.shape.pointcloud_pipeline import PointCloudPipeline
-
             pipeline = PointCloudPipeline(cfg, run_dir, device, point_prior=(point_denoiser, point_labels))
             pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 

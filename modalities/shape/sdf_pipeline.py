@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from modalities.shape.components import (build_label_encoder, dataset_label_names, label_conditions,
-                                         load_shapes, parse_labels)
+from modalities.shape.components import (build_label_encoder, build_sdf_autoencoder, build_sdf_denoiser,
+                                         dataset_label_names, label_conditions, load_shapes, parse_labels)
 from modalities.shape.evaluation import compare_with_data, data_row
 from modalities.shape.export import export_meshes, load_shape_samples
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
-from modalities.shape.sdf_task import build_autoencoder, build_latent_denoiser
-from shared.cli.commands import guided_sampler
+from shared.generation.sampler import guided_sampler
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -48,10 +47,10 @@ class SDFPipeline:
         if run_dir is None:
             return
         self.label_names = dataset_label_names(cfg)
-        self.autoencoder = build_autoencoder(cfg, run_dir, device)
+        self.autoencoder = build_sdf_autoencoder(cfg, run_dir, device)
         if denoiser is None:  # during training the preview passes the EMA denoiser and its label encoder in
             label_encoder = build_label_encoder(cfg, len(self.label_names)).to(device)
-            denoiser = build_latent_denoiser(cfg, self.autoencoder, label_encoder).to(device).eval()
+            denoiser = build_sdf_denoiser(cfg, self.autoencoder, label_encoder).to(device).eval()
             load_stage_weights(run_dir, "diffusion", {"denoiser": denoiser, "label_encoder": label_encoder})
         self.denoiser, self.label_encoder = denoiser, label_encoder
 

@@ -8,11 +8,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from modalities.shape.components import build_label_encoder, class_indices, load_shapes, make_denoiser
+from modalities.shape.components import (build_label_encoder, build_sdf_autoencoder, build_sdf_denoiser, class_indices,
+                                         load_shapes)
+from modalities.shape.sdf_pipeline import SDFPipeline, export_latents
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.sdf_vae import SDFAutoencoder, clamped_l1
 from shared.training.stages import Conditions, LatentDiffusionStage
-from shared.training.checkpoint import load_stage_weights
 
 
 class SDFAutoencoderStage:
@@ -74,38 +75,22 @@ class SDFAutoencoderStage:
             self.preview_fn(z, self.data["labels"][:8], out_dir)
 
 
-def build_autoencoder(cfg: DictConfig, run_dir: Path | None = None, device="cpu") -> SDFAutoencoder:
-    autoencoder = instantiate(cfg.autoencoder)
-    if run_dir is not None:
-        load_stage_weights(run_dir, "autoencoder", {"autoencoder": autoencoder}, prefer_ema=False)
-        autoencoder.to(device).eval().requires_grad_(False)
-    return autoencoder
-
-
-def build_latent_denoiser(cfg: DictConfig, autoencoder: SDFAutoencoder, label_encoder):
-    return make_denoiser(cfg, instantiate(cfg.backbone)(dim=autoencoder.latent_channels, cond_dim=label_encoder.dim))
-
-
 def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
-    from modalities.shape.sdf_pipeline import export_latents
-
     if stage == "autoencoder":
         data, label_names = load_shapes(cfg)
         training = cfg.modality.autoencoder_training
-        autoencoder = build_autoencoder(cfg)
+        autoencoder = build_sdf_autoencoder(cfg)
         return SDFAutoencoderStage(autoencoder, data, training.queries, training.clamp, training.kl_weight,
                                    preview=lambda z, labels, out: export_latents(cfg, autoencoder, z, labels, out,
                                                                                   label_names, normalized=False))
     if stage == "diffusion":
         data, label_names = load_shapes(cfg, with_sdf=False)
-        autoencoder = build_autoencoder(cfg, run_dir, device)
+        autoencoder = build_sdf_autoencoder(cfg, run_dir, device)
         label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
-        denoiser = build_latent_denoiser(cfg, autoencoder, label_encoder)
+        denoiser = build_sdf_denoiser(cfg, autoencoder, label_encoder)
         conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
 
         def preview(task: LatentDiffusionStage, out_dir: Path):
-            from modalities.shape.sdf_pipeline import SDFPipeline
-
             pipeline = SDFPipeline(cfg, run_dir, device, denoiser=task.denoiser, label_encoder=label_encoder)
             pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 

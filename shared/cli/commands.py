@@ -16,9 +16,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from shared.cli.samplers import with_progress
 from shared.io.atomic_files import atomic_write_text
-from shared.diffusion.self_conditioning import with_estimate_feedback
 from shared.training.run import resolve_device
 
 
@@ -28,19 +26,6 @@ def build_pipeline(cfg: DictConfig, with_model: bool = True):
         raise SystemExit("mldm: error: run_dir=DIR is required (a training run directory)")
     run_dir = Path(cfg.run_dir) if cfg.run_dir and with_model else None
     return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
-
-
-def guided_sampler(cfg: DictConfig, guidance_scale: float | None):
-    """The configured sampler and guidance wrapper factory; ``guidance_scale`` replaces the config's.
-    The factory puts a self-conditioned denoiser under its estimate feedback first (one per call)."""
-    guidance = instantiate(cfg.guidance)
-    if guidance_scale is not None and hasattr(guidance, "keywords") and "scale" in guidance.keywords:
-        guidance.keywords["scale"] = guidance_scale
-
-    def guide(denoiser, *args, **kwargs):
-        return guidance(with_estimate_feedback(denoiser), *args, **kwargs)
-
-    return with_progress(instantiate(cfg.sampler)), guide
 
 
 def user_errors(command: str):

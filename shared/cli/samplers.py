@@ -5,10 +5,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from tqdm.auto import tqdm
-
 from shared.diffusion.sampler_compositions import at_low_temperature, sample_repaint, with_refinement
-from shared.diffusion.samplers import sample_ddpm, time_grid
+from shared.diffusion.samplers import sample_ddpm
 
 
 def _is_list(value) -> bool:
@@ -52,19 +50,3 @@ def ddpm(noise_scale=1.0, resample: int = 1, refine_steps=0, refine_time=0.1):
         sampler = at_low_temperature(sampler, noise_scale)
     return with_refinement(sampler, stages) if stages else sampler
 
-
-def with_progress(sampler, disable: bool | None = None, **bar_options):
-    """``sampler`` with a progress bar over its steps on stderr (a 1,000-step DDPM is otherwise silent for
-    minutes). ``disable=None`` shows it only on a terminal, so logs and captured output stay clean."""
-    @functools.wraps(sampler)
-    def reporting(denoiser, x_T, schedule, steps, callback=None, **kwargs):
-        with tqdm(total=len(time_grid(schedule, steps)) - 1, desc="sampling", unit="step", leave=False,
-                  disable=disable, **bar_options) as bar:
-            def report(info):
-                bar.update(1)
-                if callback is not None:
-                    callback(info)
-
-            return sampler(denoiser, x_T, schedule, steps, callback=report, **kwargs)
-
-    return reporting

@@ -109,3 +109,10 @@ def load_stage_weights(run_dir: Path, stage: str, modules: dict, prefer_ema: boo
         else:
             raise KeyError(f"{path}: no weights for '{name}'")
     return path
+
+
+def load_frozen_first_stage(module: torch.nn.Module, run_dir: Path, device="cpu") -> torch.nn.Module:
+    """``module`` with the weights the run's finished autoencoder stage saved (as trained, not EMA: LDM uses its
+    first stage as trained), frozen and in eval mode on ``device``."""
+    load_stage_weights(run_dir, "autoencoder", {"autoencoder": module}, prefer_ema=False)
+    return module.to(device).eval().requires_grad_(False)

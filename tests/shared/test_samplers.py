@@ -241,7 +241,7 @@ def test_annealed_refinement_runs_its_stages_in_turn_in_closed_form():
 def test_progress_bar_counts_every_step_and_keeps_the_callers_callback():
     import io
 
-    from shared.cli.samplers import with_progress
+    from shared.generation.sampler import with_progress
 
     schedule = CosineSchedule()
     oracle, x_T, stream, seen = GaussianOracle(schedule), torch.randn(4, 2), io.StringIO(), []

@@ -1,4 +1,5 @@
 """Spaces: where noise lives, how many degrees of freedom an item has, and sparse = padded."""
+import pytest
 import torch
 
 from shared.diffusion.draws import draw_rand, draw_randint, draw_randn
@@ -72,3 +73,56 @@ def test_noise_is_drawn_on_the_generator_and_moved():
     x = torch.zeros(5, 4)
     assert torch.equal(space.randn_like(x, torch.Generator().manual_seed(3)),
                        space.project(torch.randn(5, 4, generator=torch.Generator().manual_seed(3))))
+
+
+
+# ---- the contract every space honours, one row per space (a new space adds a row) -------------------------
+def _zero_com_sparse():
+    return ZeroCoMSpace(batch=torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]), position_dims=3), torch.zeros(9, 5)
+
+
+def _zero_com_padded():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    return ZeroCoMSpace(mask=mask, position_dims=3), torch.zeros(3, 4, 5)
+
+
+def _masked_set():
+    return MaskedSetSpace(torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)), torch.zeros(2, 3, 4)
+
+
+def _tempered():
+    from shared.diffusion.sampler_compositions import TemperedSpace
+
+    space, x = _zero_com_sparse()
+    return TemperedSpace(space, 1.0), x
+
+
+SPACES = {"euclidean": lambda: (EuclideanSpace(), torch.zeros(4, 2, 3, 3)), "masked_set": _masked_set,
+          "zero_com_sparse": _zero_com_sparse, "zero_com_padded": _zero_com_padded, "tempered": _tempered}
+
+
+def position_sums(space: ZeroCoMSpace, positions: torch.Tensor) -> torch.Tensor:
+    """Σ_i x_i per item, over the item's real points."""
+    if space.batch is not None:
+        return torch.zeros(space.num_items(positions), 3).index_add_(0, space.batch, positions)
+    return (positions * space.mask[..., None]).sum(1)
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_space_contract_noise_lives_in_the_space_with_its_degrees_of_freedom(name):
+    """Noise is in the space, projection is idempotent, a seed fixes the noise, E|ε|² per item is the
+    space's degrees of freedom, and zero-centre-of-mass spaces keep every item's centre at 0."""
+    space, x = SPACES[name]()
+    g = torch.Generator().manual_seed(0)
+    noise = space.randn_like(x, g)
+    torch.testing.assert_close(space.project(noise), noise)
+    y = torch.randn(x.shape, generator=g)
+    torch.testing.assert_close(space.project(space.project(y)), space.project(y))
+    assert torch.equal(space.randn_like(x, torch.Generator().manual_seed(0)), noise)
+    dof = space.dof(x)
+    assert dof.shape == (space.num_items(x),)
+    squared = torch.stack([space.sum_per_item(space.randn_like(x, g) ** 2) for _ in range(4000)])
+    torch.testing.assert_close(squared.double().mean(0), dof.double(), rtol=0.05, atol=0.0)
+    zero_com = getattr(space, "untempered", space)
+    if isinstance(zero_com, ZeroCoMSpace):
+        assert position_sums(zero_com, noise[..., :3]).abs().max() < 1e-5

@@ -11,7 +11,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from modalities.molecule.elements import QM9_ELEMENTS, element_index
-from modalities.molecule.export import read_xyz, write_chain_gif, write_grid_png, write_sdf, write_xyz
+from modalities.molecule.formats import read_xyz, write_chain_gif, write_grid_png, write_sdf, write_xyz
 
 
 def conformer(smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +111,7 @@ def test_write_failure_names_the_path(tmp_path, samples):
 def test_headless_machine_writes_every_file_but_the_grid(tmp_path, samples, monkeypatch):
     """Without libXrender RDKit's drawing module cannot load: the grid is skipped with a warning that
     names the fix, the sample directory is otherwise complete and readable."""
-    from modalities.molecule.sample_dir import read_molecule_samples, write_molecule_samples
+    from modalities.molecule.export import load_molecule_samples, export_molecule_samples
 
     _, positions, types, batch = samples
     monkeypatch.setitem(sys.modules, "rdkit.Chem.Draw", None)   # any import of it now raises ImportError
@@ -119,7 +119,7 @@ def test_headless_machine_writes_every_file_but_the_grid(tmp_path, samples, monk
         write_grid_png(tmp_path / "grid.png", positions, types, batch)
     num_atoms = torch.bincount(batch)
     with pytest.warns(UserWarning, match="grid.png not written.*libxrender1"):
-        out = write_molecule_samples(tmp_path / "samples", positions, types, num_atoms, [{}] * len(num_atoms))
+        out = export_molecule_samples(tmp_path / "samples", positions, types, num_atoms, [{}] * len(num_atoms))
     assert not (out / "grid.png").exists()
     assert {"samples.jsonl", "samples.npz", "samples.sdf", "000002.xyz"} <= {p.name for p in out.iterdir()}
-    assert torch.equal(read_molecule_samples(out)["num_atoms"], num_atoms)
+    assert torch.equal(load_molecule_samples(out)["num_atoms"], num_atoms)
