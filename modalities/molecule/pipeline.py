@@ -124,7 +124,7 @@ class MoleculePipeline:
         cond = MoleculeCondition(batch, fully_connected_edges(batch, num_samples),
                                  properties.to(self.device) if properties is not None else None)
         sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
-        denoiser = guidance(self.denoiser, uncond=cond.unconditional())
+        denoiser = guidance(self.denoiser, uncond=cond.unconditional(), space=space)
         if fragment:  # the first K rows of every molecule are the fragment's
             offsets = torch.cumsum(sizes, 0) - sizes
             known_rows = (torch.arange(len(batch)) - offsets[batch.cpu()] < fragment_atoms).to(self.device)

@@ -278,7 +278,7 @@ def _resolve(cfg: DictConfig, schema) -> DictConfig:
     scale = values.get("guidance_scale")
     if scale is not None:
         guidance = values.get("guidance")
-        if not isinstance(guidance, dict) or "scale" not in guidance:
+        if not isinstance(guidance, dict) or guidance.get("scale") is None:  # guidance=none: scale null
             raise ConfigError(f"guidance_scale={scale} needs a guidance with a scale (e.g. guidance=cfg)")
         guidance["scale"] = scale
     out = OmegaConf.create(values)

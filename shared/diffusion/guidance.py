@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from shared.diffusion.broadcast import append_dims
 from shared.diffusion.denoiser import broadcast_alpha_sigma
 from shared.diffusion.forward_process import diffuse
-from shared.diffusion.spaces import EuclideanSpace
+from shared.diffusion.spaces import EuclideanSpace, quantile_per_item, std_per_item
 
 
 def unguided(denoiser, **unused):
@@ -19,10 +18,12 @@ def unguided(denoiser, **unused):
 
 class ClassifierFreeGuidance:
     """x̂ = x̂_u + w (x̂_c − x̂_u) (Ho & Salimans 2022), optionally rescaled toward the conditional
-    prediction's per-sample std by φ (Lin et al. 2024, §3.4). Scale 1 is the conditional denoiser."""
+    prediction's per-sample std by φ (Lin et al. 2024, §3.4), the std taken per item of ``space``.
+    Scale 1 is the conditional denoiser."""
 
-    def __init__(self, denoiser, scale: float, uncond, rescale: float = 0.0):
+    def __init__(self, denoiser, scale: float, uncond, rescale: float = 0.0, space=None):
         self.denoiser, self.scale, self.uncond, self.rescale = denoiser, scale, uncond, rescale
+        self.space = space or EuclideanSpace()
         self.schedule = getattr(denoiser, "schedule", None)
 
     def __call__(self, x_t, t, cond=None):
@@ -32,8 +33,7 @@ class ClassifierFreeGuidance:
         unconditional = self.denoiser(x_t, t, self.uncond)
         guided = unconditional + self.scale * (conditional - unconditional)
         if self.rescale > 0:
-            dims = tuple(range(1, x_t.ndim))
-            factor = conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp(min=1e-12)
+            factor = std_per_item(self.space, conditional) / std_per_item(self.space, guided).clamp(min=1e-12)
             guided = self.rescale * guided * factor + (1 - self.rescale) * guided
         return guided
 
@@ -50,16 +50,17 @@ class StaticThresholding:
 
 
 class DynamicThresholding:
-    """s = max(1, p-th quantile of |x̂_0|) per sample; x̂_0 ← clip(x̂_0, −s, s)/s (Saharia et al. 2022, Imagen)."""
+    """s = max(1, p-th quantile of |x̂_0|) per item of ``space``; x̂_0 ← clip(x̂_0, −s, s)/s (Saharia et al.
+    2022, Imagen)."""
 
-    def __init__(self, denoiser, percentile: float = 0.995, max_value: float = 1.0):
+    def __init__(self, denoiser, percentile: float = 0.995, max_value: float = 1.0, space=None):
         self.denoiser, self.percentile, self.max_value = denoiser, percentile, max_value
+        self.space = space or EuclideanSpace()
         self.schedule = getattr(denoiser, "schedule", None)
 
     def __call__(self, x_t, t, cond=None):
         x0 = self.denoiser(x_t, t, cond)
-        s = torch.quantile(x0.abs().flatten(1), self.percentile, dim=1).clamp(min=self.max_value)
-        s = append_dims(s, x0.ndim)
+        s = quantile_per_item(self.space, x0.abs(), self.percentile).clamp(min=self.max_value)
         return x0.clamp(-s, s) / s * self.max_value
 
 

@@ -37,6 +37,10 @@ class EuclideanSpace:
     def dof(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0],), x[0].numel(), dtype=torch.float64, device=x.device)
 
+    def item_index(self, x: torch.Tensor) -> torch.Tensor:
+        """The item each element of x belongs to (−1: padding), shaped like x."""
+        return append_dims(torch.arange(x.shape[0], device=x.device), x.ndim).expand(x.shape)
+
 
 class MaskedSetSpace(EuclideanSpace):
     """Padded variable-size sets x[b, n, ...] with mask[b, n] ∈ {0, 1}; padding holds exact zeros."""
@@ -55,6 +59,10 @@ class MaskedSetSpace(EuclideanSpace):
 
     def sum_per_item(self, values):
         return (values * self._mask_like(values)).flatten(1).sum(1)
+
+    def item_index(self, x):
+        index = super().item_index(x)
+        return torch.where(self._mask_like(x).bool().expand(x.shape), index, -1)
 
     def dof(self, x):
         per_element = x[0, 0].numel()
@@ -122,7 +130,29 @@ class ZeroCoMSpace:
                 0, self.batch, per_node)
         return (values * self._node_mask(values)).flatten(1).sum(1)
 
+    def item_index(self, x):
+        if self.batch is not None:
+            return append_dims(self.batch.to(x.device), x.ndim).expand(x.shape)
+        items = append_dims(torch.arange(x.shape[0], device=x.device), x.ndim).expand(x.shape)
+        return torch.where(self._node_mask(x).bool().expand(x.shape), items, -1)
+
     def dof(self, x):
         counts = self._counts.to(torch.float64).to(x.device)
         feature_dims = x.shape[-1] - self.position_dims
         return (counts - 1) * self.position_dims + counts * feature_dims
+
+
+def std_per_item(space, x: torch.Tensor) -> torch.Tensor:
+    """The (unbiased) standard deviation of each item's elements, lifted back to x's rows; one molecule's
+    atoms are one item, not one row each."""
+    count = space.sum_per_item(torch.ones_like(x))
+    mean = append_dims(space.to_rows(space.sum_per_item(x) / count), x.ndim)
+    variance = space.sum_per_item((x - mean) ** 2) / (count - 1).clamp(min=1)
+    return append_dims(space.to_rows(variance.sqrt()), x.ndim)
+
+
+def quantile_per_item(space, values: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of each item's elements (padding excluded), lifted back to the rows of ``values``."""
+    index = space.item_index(values)
+    per_item = torch.stack([values[index == item].quantile(q) for item in range(space.num_items(values))])
+    return append_dims(space.to_rows(per_item), values.ndim)

@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from shared.cli.config import build_config, group_options
+from shared.cli.config import ConfigError, build_config, group_options
+from shared.generation.sampler import guided_sampler
 from shared.diffusion.losses import DenoisingScoreMatching, mean_per_item
 from shared.diffusion.parameterization import Parameterization
 from shared.diffusion.schedules import NoiseSchedule
@@ -75,7 +76,7 @@ def check_sampler(sampler, cfg):
 
 
 def check_guidance(guidance):
-    check_partial(guidance, shrink, uncond=None)
+    inspect.signature(guidance).bind(shrink, uncond=None, space=None)  # the factory every pipeline calls
     guided = guidance(shrink, uncond=None)
     x = torch.ones(2, 3)
     assert guided(x, torch.full((2,), 0.5), None).shape == x.shape
@@ -192,7 +193,25 @@ def test_edm_loss_follows_parameterization_sigma_data():
 
 def test_guidance_scale_sets_cfg_scale():
     cfg = build_config("sample", ["guidance=cfg", "guidance_scale=3"], root=CONFIGS)
-    assert cfg.guidance.scale == 3.0 and instantiate(cfg.guidance).keywords["scale"] == 3.0
+    assert cfg.guidance.scale == 3.0 and instantiate(cfg.guidance)(shrink, uncond=None).scale == 3.0
+
+
+def test_guidance_configs_compose_cfg_and_thresholding_and_name_bad_keys():
+    from shared.diffusion.guidance import ClassifierFreeGuidance, DynamicThresholding
+
+    cfg = build_config("sample", ["guidance=cfg", "guidance.thresholding=dynamic"], root=CONFIGS)
+    guided = instantiate(cfg.guidance)(shrink, uncond=None)
+    assert isinstance(guided, DynamicThresholding) and isinstance(guided.denoiser, ClassifierFreeGuidance)
+    unguided = build_config("sample", ["guidance=none"], root=CONFIGS)
+    assert instantiate(unguided.guidance)(shrink, uncond=None) is shrink
+    with pytest.raises(ConfigError, match="guidance_scale=3.0 needs a guidance with a scale"):
+        build_config("sample", ["guidance=none", "guidance_scale=3"], root=CONFIGS)
+    bad = build_config("sample", ["guidance=none", "guidance.thresholding=soft"], root=CONFIGS)
+    with pytest.raises(ValueError, match="guidance.thresholding='soft'"):  # as `mldm sample` reports it
+        guided_sampler(bad, None)
+    bad = build_config("sample", ["sampler=ddpm", "sampler.resample=0"], root=CONFIGS)
+    with pytest.raises(ValueError, match="sampler.resample must be >= 1"):
+        guided_sampler(bad, None)
 
 
 def test_resolved_config_round_trips():

@@ -62,6 +62,40 @@ def test_static_and_dynamic_thresholding():
     assert torch.equal(DynamicThresholding(small)(x, t), 0.1 * x), "s = max(1, q) leaves in-range values alone"
 
 
+def _molecules_two_layouts():
+    """Three molecules of 3, 2 and 4 atoms with 5 channels, as sparse rows and as a padded batch."""
+    from shared.diffusion.spaces import ZeroCoMSpace
+
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    rows = torch.randn(9, 5, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 2, 3, 4, 5])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    padded = torch.zeros(3, 4, 5)
+    padded[mask] = rows
+    return (ZeroCoMSpace(batch=batch), rows), (ZeroCoMSpace(mask=mask), padded), mask
+
+
+def test_cfg_rescale_and_dynamic_thresholding_take_their_statistics_per_molecule():
+    """Sparse rows and the padded batch of the same molecules give the same answer: the statistics are per
+    molecule (not per atom row), and padding counts for nothing."""
+    (sparse, rows), (padded_space, padded), mask = _molecules_two_layouts()
+    t = torch.full((9,), 0.4, dtype=torch.float64)
+
+    def scaled(factor):
+        def denoiser(x_t, t, cond=None):
+            return x_t * (factor if cond is None else factor * 2)
+        return denoiser
+
+    for make in (lambda d, space: ClassifierFreeGuidance(d, 4.0, uncond=None, rescale=1.0, space=space),
+                 lambda d, space: DynamicThresholding(d, percentile=0.8, space=space)):
+        out_rows = make(scaled(3.0), sparse)(rows, t, torch.ones(1))
+        out_padded = make(scaled(3.0), padded_space)(padded, t[:3], torch.ones(1))
+        torch.testing.assert_close(out_padded[mask], out_rows)
+    rescaled = ClassifierFreeGuidance(scaled(3.0), 4.0, uncond=None, rescale=1.0, space=sparse)(rows, t, torch.ones(1))
+    for item in range(3):  # φ = 1: each molecule's std is the conditional prediction's
+        atoms = sparse.batch == item
+        torch.testing.assert_close(rescaled[atoms].std(), (6.0 * rows[atoms]).std())
+
+
 def test_classifier_guidance_shifts_x0_by_sigma_squared_over_alpha_times_the_gradient():
     schedule = CosineSchedule()
     denoiser, (x, t) = GaussianOracle(schedule, 0.0, 1.0), _inputs()
