@@ -185,6 +185,21 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def read_image(path, size: int, grayscale: bool = False) -> torch.Tensor:
+    """One image file as float [-1, 1] [C, size, size] (RGB, or one channel with ``grayscale``), resized and
+    centre-cropped as the image folder does; an unreadable file is named."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            image = resize_center_crop(image.convert("L" if grayscale else "RGB"), size)
+    except Exception as exc:  # PIL raises many types
+        raise BadImageError(f"cannot read image {path}: {exc}") from exc
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return uint8_to_float(pixels[None] if grayscale else pixels.permute(2, 0, 1))
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Every image under ``root`` (recursive; png/jpg/jpeg/webp/bmp, sorted by relative path).
 

@@ -9,8 +9,10 @@ from omegaconf import DictConfig
 
 from modalities.image.components import (build_conditioner, build_dataset, build_denoiser, build_first_stage,
                                          caption_vocabulary, latent_shape, load_images)
+from modalities.image.editing import EditStart, edit_start
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
+from shared.diffusion.guidance import Inpainting, sdedit_start
 from shared.generation.sampler import guided_sampler
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.training.stages import as_condition
@@ -31,23 +33,33 @@ def null_condition(conditioner, batch: int, device):
 
 @torch.no_grad()
 def generate(cfg: DictConfig, denoiser, first_stage, conditioner, prompts: list[str], steps: int, seed: int,
-             device, guidance_scale: float | None = None, batch_size: int = 256) -> torch.Tensor:
-    """Images in [-1, 1] for ``prompts``: sampler and guidance from the config, one seed per batch."""
+             device, guidance_scale: float | None = None, batch_size: int = 256,
+             edit: EditStart | None = None) -> torch.Tensor:
+    """Images in [-1, 1] for ``prompts``: sampler and guidance from the config, one seed per batch; ``edit``
+    starts from an image (SDEdit below strength 1) and keeps its known part (inpainting)."""
     channels, size = latent_shape(cfg, first_stage)
     sampler, guidance = guided_sampler(cfg, guidance_scale)
+    schedule = denoiser.schedule
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         generator = torch.Generator().manual_seed(seed + start)
-        x_T = torch.randn(len(chunk), channels, size, size, generator=generator).to(device)
+        x_T, times = torch.randn(len(chunk), channels, size, size, generator=generator).to(device), steps
         guided = guidance(denoiser, uncond=null_condition(conditioner, len(chunk), device))
-        z = sampler(guided, x_T, denoiser.schedule, steps, generator=generator,
-                    cond=encode_prompts(conditioner, chunk, device))
+        if edit is not None:
+            x0 = edit.latent.expand(len(chunk), -1, -1, -1)
+            if edit.strength < 1:
+                x_T, times = sdedit_start(x0, edit.strength, schedule, steps, generator=generator)
+            if edit.known is not None:
+                guided = Inpainting(guided, x0, edit.known, schedule, generator=generator)
+        z = sampler(guided, x_T, schedule, times, generator=generator, cond=encode_prompts(conditioner, chunk, device))
         out.append(first_stage.decode_latent(z).float().clamp(-1, 1) if first_stage is not None else z.clamp(-1, 1))
     return torch.cat(out).cpu()
 
 
 class ImagePipeline:
+    sampling_options = ("init", "strength", "mask")  # img2img and inpainting
+
     def __init__(self, cfg: DictConfig, run_dir: Path | None, device: torch.device):
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         if run_dir is None:
@@ -72,7 +84,8 @@ class ImagePipeline:
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0) -> dict:
         prompts = self.prompts(num_samples, prompt)
         images = generate(self.cfg, self.denoiser, self.first_stage, self.conditioner, prompts, self.cfg.steps,
-                          seed, self.device, self.cfg.get("guidance_scale"))
+                          seed, self.device, self.cfg.get("guidance_scale"),
+                          edit=edit_start(self.cfg, self.first_stage, self.device))
         return {"images": images, "prompts": prompts, "seeds": [seed + (i // 256) * 256 for i in range(len(prompts))]}
 
     def export(self, result: dict, out_dir: Path):

@@ -67,6 +67,8 @@ def export_reconstructions(autoencoder, molecules: PackedMolecules, out_dir: Pat
 
 
 class MoleculePipeline:
+    sampling_options = ("partial",)  # a fragment to keep
+
     def __init__(self, cfg: DictConfig, run_dir: Path | None, device: torch.device, denoiser=None,
                  autoencoder=None, training: PackedMolecules | None = None):
         self.cfg, self.run_dir, self.device = cfg, run_dir, device

@@ -18,6 +18,8 @@ from shared.training.checkpoint import load_stage_weights
 
 
 class PointCloudPipeline:
+    sampling_options = ("partial",)  # a partial cloud to complete
+
     def __init__(self, cfg: DictConfig, run_dir: Path | None, device: torch.device, point_prior=None):
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         if run_dir is None:

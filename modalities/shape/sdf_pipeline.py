@@ -56,9 +56,6 @@ class SDFPipeline:
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:
-        if self.cfg.get("partial"):
-            raise ValueError("partial=FILE (shape completion) is implemented for point-cloud runs "
-                             "(experiment=pointcloud_tiny), not SDF runs")
         labels = parse_labels(prompt, num_samples, self.label_names)
         sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
         cond, uncond = label_conditions(self.label_encoder, labels, self.device)

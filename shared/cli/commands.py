@@ -2,8 +2,9 @@
 
 A modality config provides ``pipeline`` (a partial called with cfg, run_dir, device) returning an
 object with ``sample(num_samples, prompt, seed) -> result``, ``export(result, out_dir)``,
-``evaluate_samples(out_dir) -> dict`` and ``evaluate_data(split, num_samples) -> dict``. The sampler,
-its steps and the guidance come from the config (``sampler=``, ``steps=``, ``guidance_scale=``).
+``evaluate_samples(out_dir) -> dict`` and ``evaluate_data(split, num_samples) -> dict``, and lists the
+sampling options it implements in ``sampling_options`` (of ``partial``, ``init``, ``strength``, ``mask``).
+The sampler, its steps and the guidance come from the config (``sampler=``, ``steps=``, ``guidance_scale=``).
 """
 from __future__ import annotations
 
@@ -42,9 +43,24 @@ def user_errors(command: str):
     return wrap
 
 
+SAMPLING_OPTIONS = ("partial", "init", "strength", "mask")
+
+
+def check_sampling_options(cfg: DictConfig, pipeline) -> None:
+    """A sampling option the modality does not implement is an error, never silently ignored; a pipeline
+    lists the ones it implements in ``sampling_options``."""
+    supported = getattr(pipeline, "sampling_options", ())
+    for option in SAMPLING_OPTIONS:
+        if cfg.get(option) is not None and option not in supported:
+            offered = ", ".join(f"{o}=" for o in supported) or "none"
+            raise ValueError(f"{option}={cfg.get(option)}: this modality's sampling does not take {option}= "
+                             f"(it takes: {offered})")
+
+
 @user_errors("sample")
 def sample(cfg: DictConfig) -> int:
     pipeline = build_pipeline(cfg)
+    check_sampling_options(cfg, pipeline)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "samples" / time.strftime("cli-%Y%m%d-%H%M%S")
     start = time.perf_counter()
     result = pipeline.sample(cfg.num_samples, prompt=cfg.prompt, seed=cfg.seed)

@@ -81,6 +81,9 @@ class SampleKeys(TrainKeys):
     guidance_scale: Optional[float] = MISSING
     out_dir: Optional[str] = MISSING
     partial: Optional[str] = MISSING
+    init: Optional[str] = MISSING
+    strength: Optional[float] = MISSING
+    mask: Optional[str] = MISSING
 
 
 @dataclass
