@@ -10,13 +10,23 @@ from typing import BinaryIO, Callable
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through ``write(binary_file)`` into a temporary file beside ``path``, then rename over it."""
+    def through_file(temporary: Path):
+        with open(temporary, "wb") as file:
+            write(file)
+
+    atomic_write_path(path, through_file)
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """``write(temporary_path)`` for writers that take a path (safetensors' ``save_file`` streams a checkpoint
+    to disk without holding its bytes), then fsync and rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
+        write(Path(temporary))
+        with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import load_file, save_file
 
-from shared.io.atomic_files import atomic_write, atomic_write_text
+from shared.io.atomic_files import atomic_write_path, atomic_write_text
 
 
 class CheckpointError(RuntimeError):
@@ -60,7 +59,7 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor]
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"step_{step:08d}"
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(stem.with_suffix(".safetensors"), lambda file: file.write(safetensors_bytes(contiguous)))
+    atomic_write_path(stem.with_suffix(".safetensors"), lambda temporary: save_file(contiguous, str(temporary)))
     atomic_write_text(stem.with_suffix(".json"), json.dumps({**meta, "step": step}, indent=1))
     for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)

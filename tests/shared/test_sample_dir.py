@@ -46,3 +46,20 @@ def test_bad_directories_are_named(tmp_path):
 def test_sample_file_names_widen_past_a_million():
     assert sample_file_names(2, ".png") == ["000000.png", "000001.png"]
     assert sample_file_names(1_000_001, ".xyz")[-1] == "1000000.xyz"
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one_never_half(tmp_path):
+    from shared.io.atomic_files import atomic_write, atomic_write_path, atomic_write_text
+
+    target = tmp_path / "sub" / "file.bin"
+    atomic_write_text(target, "old")
+
+    def fails_halfway(file):
+        file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fails_halfway)
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+    atomic_write_path(target, lambda temporary: temporary.write_bytes(b"new"))
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
