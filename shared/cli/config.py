@@ -74,12 +74,17 @@ class TrainKeys:
 
 
 @dataclass
-class SampleKeys(TrainKeys):
+class GenerateKeys(TrainKeys):
+    """What every command that samples from a run takes."""
     num_samples: int = MISSING
     steps: int = MISSING
     prompt: Optional[str] = MISSING
     guidance_scale: Optional[float] = MISSING
     out_dir: Optional[str] = MISSING
+
+
+@dataclass
+class SampleKeys(GenerateKeys):
     partial: Optional[str] = MISSING
     init: Optional[str] = MISSING
     strength: Optional[float] = MISSING
@@ -87,15 +92,10 @@ class SampleKeys(TrainKeys):
 
 
 @dataclass
-class EvaluateKeys(TrainKeys):
-    num_samples: int = MISSING
-    steps: int = MISSING
-    prompt: Optional[str] = MISSING
-    guidance_scale: Optional[float] = MISSING
+class EvaluateKeys(GenerateKeys):
     source: Source = MISSING
     samples_dir: Optional[str] = MISSING
     split: Split = MISSING
-    out_dir: Optional[str] = MISSING
 
 
 SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}
