@@ -2,6 +2,7 @@
 any core sampler and classifier-free guidance, export, and judge with the shapes2d metric."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -13,7 +14,8 @@ from modalities.image.editing import EditStart, edit_start
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
 from shared.diffusion.guidance import Inpainting, sdedit_start
-from shared.generation.sampler import guided_sampler
+from shared.diffusion.draws import draw_randn
+from shared.generation.generate import generate, sample_latent
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.training.stages import as_condition
 from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
@@ -32,29 +34,29 @@ def null_condition(conditioner, batch: int, device):
 
 
 @torch.no_grad()
-def generate(cfg: DictConfig, denoiser, first_stage, conditioner, prompts: list[str], steps: int, seed: int,
-             device, guidance_scale: float | None = None, batch_size: int = 256,
-             edit: EditStart | None = None) -> torch.Tensor:
-    """Images in [-1, 1] for ``prompts``: sampler and guidance from the config, one seed per batch; ``edit``
-    starts from an image (SDEdit below strength 1) and keeps its known part (inpainting)."""
+def generate_images(cfg: DictConfig, denoiser, first_stage, conditioner, prompts: list[str], steps: int, seed: int,
+                    device, batch_size: int | None = None, edit: EditStart | None = None) -> torch.Tensor:
+    """Images in [-1, 1] for ``prompts``, image i a function of (seed, i); ``edit`` starts from an image
+    (SDEdit below strength 1) and keeps its known part (inpainting)."""
     channels, size = latent_shape(cfg, first_stage)
-    sampler, guidance = guided_sampler(cfg, guidance_scale)
     schedule = denoiser.schedule
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        generator = torch.Generator().manual_seed(seed + start)
-        x_T, times = torch.randn(len(chunk), channels, size, size, generator=generator).to(device), steps
-        guided = guidance(denoiser, uncond=null_condition(conditioner, len(chunk), device))
+
+    def draw(indices: list[int], generators) -> dict:
+        chunk = [prompts[i] for i in indices]
+        x_T, times, wrap = draw_randn((len(chunk), channels, size, size), generators, device), steps, None
         if edit is not None:
             x0 = edit.latent.expand(len(chunk), -1, -1, -1)
             if edit.strength < 1:
-                x_T, times = sdedit_start(x0, edit.strength, schedule, steps, generator=generator)
+                x_T, times = sdedit_start(x0, edit.strength, schedule, steps, generator=generators)
             if edit.known is not None:
-                guided = Inpainting(guided, x0, edit.known, schedule, generator=generator)
-        z = sampler(guided, x_T, schedule, times, generator=generator, cond=encode_prompts(conditioner, chunk, device))
-        out.append(first_stage.decode_latent(z).float().clamp(-1, 1) if first_stage is not None else z.clamp(-1, 1))
-    return torch.cat(out).cpu()
+                wrap = functools.partial(Inpainting, known=x0, mask=edit.known, schedule=schedule,
+                                         generator=generators)
+        z = sample_latent(cfg, denoiser, x_T, generators, times, cond=encode_prompts(conditioner, chunk, device),
+                          uncond=null_condition(conditioner, len(chunk), device), wrap=wrap)
+        images = first_stage.decode_latent(z).float() if first_stage is not None else z
+        return {"images": images.clamp(-1, 1).cpu()}
+
+    return generate(draw, len(prompts), seed, batch_size)["images"]
 
 
 class ImagePipeline:
@@ -83,10 +85,10 @@ class ImagePipeline:
 
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0) -> dict:
         prompts = self.prompts(num_samples, prompt)
-        images = generate(self.cfg, self.denoiser, self.first_stage, self.conditioner, prompts, self.cfg.steps,
-                          seed, self.device, self.cfg.get("guidance_scale"),
-                          edit=edit_start(self.cfg, self.first_stage, self.device))
-        return {"images": images, "prompts": prompts, "seeds": [seed + (i // 256) * 256 for i in range(len(prompts))]}
+        images = generate_images(self.cfg, self.denoiser, self.first_stage, self.conditioner, prompts, self.cfg.steps,
+                                 seed, self.device, self.cfg.get("batch_size"),
+                                 edit=edit_start(self.cfg, self.first_stage, self.device))
+        return {"images": images, "prompts": prompts, "seeds": [seed] * len(prompts)}
 
     def export(self, result: dict, out_dir: Path):
         export_image_samples(out_dir, result["images"], prompts=result["prompts"], seeds=result["seeds"])

@@ -3,6 +3,7 @@ from the zero-CoM diffusion prior (with CFG on properties when the run is condit
 autoencoder; EDM's stability and RDKit validity / uniqueness / novelty on the result or on the data."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -17,7 +18,8 @@ from modalities.molecule.fragments import (FragmentInpainting, atom_counts_above
 from modalities.molecule.graphs import PackedMolecules, fully_connected_edges
 from modalities.molecule.metrics import evaluate_molecules, training_smiles
 from modalities.molecule.export import export_molecule_samples, load_molecule_samples
-from shared.generation.sampler import guided_sampler
+from shared.diffusion.draws import ItemGenerators
+from shared.generation.generate import generate, sample_latent
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -82,7 +84,7 @@ class MoleculePipeline:
             load_stage_weights(run_dir, "diffusion", {"denoiser": denoiser})
         self.denoiser = denoiser
 
-    def _sizes_and_properties(self, num_samples: int, prompt: str | None, generator: torch.Generator,
+    def _sizes_and_properties(self, num_samples: int, prompt: str | None, generators: ItemGenerators,
                               min_atoms: int = 1):
         """Atom counts from the training histogram (sizes of at least ``min_atoms``); for a conditional
         run without a prompt, (count, property) pairs of random training molecules, as EDM samples
@@ -99,12 +101,12 @@ class MoleculePipeline:
             pool = torch.nonzero(self.training.num_atoms >= min_atoms).squeeze(1)
             if not len(pool):  # only with a fixed size: properties come from molecules above the fragment
                 atom_counts_above(distribution, min_atoms - 1, self.cfg.partial)
-            picks = pool[torch.randint(len(pool), (num_samples,), generator=generator)]
+            picks = pool[generators.each(lambda g: torch.randint(len(pool), (1,), generator=g))]
             sizes = self.training.num_atoms[picks] if fixed is None else torch.full((num_samples,), int(fixed))
             return sizes, self.condition.selected(self.training.properties[picks])
         if fixed is not None:
             return torch.full((num_samples,), int(fixed)), values
-        return sample_atom_counts(distribution, num_samples, generator), values
+        return generators.each(lambda g: sample_atom_counts(distribution, 1, g)), values
 
     def _fragment(self) -> dict | None:
         """``partial=FILE``: the fragment to keep (positions, types, latent rows), or None."""
@@ -116,46 +118,52 @@ class MoleculePipeline:
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:
-        generator = torch.Generator().manual_seed(seed)
         fragment = self._fragment()
+        result = generate(functools.partial(self._draw, prompt=prompt, steps=steps or self.cfg.steps, fragment=fragment),
+                          num_samples, seed, self.cfg.get("batch_size"))
+        return {**result, "seed": seed}
+
+    def _draw(self, indices: list[int], generators: ItemGenerators, prompt, steps, fragment) -> dict:
+        """Molecules ``indices``: sizes (and properties) from the data, latents by the zero-CoM prior, decoded."""
+        num_samples = len(indices)
         fragment_atoms = len(fragment["positions"]) if fragment else 0
-        sizes, values = self._sizes_and_properties(num_samples, prompt, generator, min_atoms=fragment_atoms + 1)
+        sizes, values = self._sizes_and_properties(num_samples, prompt, generators, min_atoms=fragment_atoms + 1)
         batch = torch.repeat_interleave(torch.arange(num_samples), sizes).to(self.device)
         space = zero_com(batch, num_samples)
         properties = self.condition.normalized(values) if values is not None else None
         cond = MoleculeCondition(batch, fully_connected_edges(batch, num_samples),
                                  properties.to(self.device) if properties is not None else None)
-        sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
-        denoiser = guidance(self.denoiser, uncond=cond.unconditional(), space=space)
+        wrap = None
         if fragment:  # the first K rows of every molecule are the fragment's
             offsets = torch.cumsum(sizes, 0) - sizes
             known_rows = (torch.arange(len(batch)) - offsets[batch.cpu()] < fragment_atoms).to(self.device)
-            denoiser = FragmentInpainting(denoiser, fragment["latents"].repeat(num_samples, 1), known_rows, batch,
-                                          num_samples, self.denoiser.schedule, generator)
+            wrap = functools.partial(FragmentInpainting, known=fragment["latents"].repeat(num_samples, 1),
+                                     known_rows=known_rows, batch=batch, num_molecules=num_samples,
+                                     schedule=self.denoiser.schedule, generator=generators)
         x_T = space.randn_like(torch.zeros(int(sizes.sum()), 3 + self.autoencoder.latent_features,
-                                           device=self.device), generator)
+                                           device=self.device), generators)
         chain = []
-        keep_chain = bool(self.cfg.modality.export.chain)
+        keep_chain = bool(self.cfg.modality.export.chain) and indices[0] == 0  # molecule 0's trajectory
         callback = (lambda info: chain.append(info["x"][:int(sizes[0])])) if keep_chain else None
-        z = sampler(denoiser, x_T, self.denoiser.schedule, steps or self.cfg.steps, space=space,
-                    generator=generator, cond=cond, callback=callback)
+        z = sample_latent(self.cfg, self.denoiser, x_T, generators, steps, cond=cond, uncond=cond.unconditional(),
+                          space=space, wrap=wrap, callback=callback)
         positions, atom_types = decode_atoms(self.autoencoder, z, batch, num_samples)
-        extra = {}
+        kept, rmsd = None, None
         if fragment:
             positions, atom_types, rmsd = place_fragment(positions, atom_types, batch, known_rows,
                                                          fragment["positions"].to(self.device),
                                                          fragment["atom_types"].to(self.device), num_samples)
-            extra = {"fragment": str(self.cfg.partial), "fragment_atoms": fragment_atoms,
-                     "fragment_rmsd": rmsd.cpu().tolist()}
+            kept, rmsd = {"fragment": str(self.cfg.partial), "fragment_atoms": fragment_atoms}, rmsd.cpu().tolist()
         first = torch.zeros(int(sizes[0]), dtype=torch.long, device=self.device)
         frames = [decode_atoms(self.autoencoder, x0, first, 1)[0].cpu() for x0 in chain[::max(1, len(chain) // 40)]]
-        return {"positions": positions.cpu(), "atom_types": atom_types.cpu(), "num_atoms": sizes, "seed": seed,
-                "properties": values, "chain": torch.stack(frames) if frames else None, "fragment": extra}
+        return {"positions": positions.cpu(), "atom_types": atom_types.cpu(), "num_atoms": sizes,
+                "properties": values, "chain": torch.stack(frames) if frames else None,
+                "fragment": kept, "fragment_rmsd": rmsd}
 
     def export(self, result: dict, out_dir: Path):
         records = [{"seed": result["seed"], "index": i} for i in range(len(result["num_atoms"]))]
         fragment = result.get("fragment") or {}
-        for record, rmsd in zip(records, fragment.get("fragment_rmsd", [])):
+        for record, rmsd in zip(records, result.get("fragment_rmsd") or []):
             record.update(fragment=fragment["fragment"], fragment_atoms=fragment["fragment_atoms"],
                           fragment_rmsd=round(rmsd, 4))
         if result["properties"] is not None:

@@ -44,7 +44,6 @@ def draw_latent(mean: torch.Tensor, std: torch.Tensor, molecules: MoleculeBatch,
 
 
 class MoleculeAutoencoderStage:
-    name = "autoencoder"
 
     def __init__(self, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules, kl_weight: float,
                  charge_weight: float = 1.0, preview=None):
@@ -98,7 +97,6 @@ class MoleculeDiffusionStage:
     """Denoising score matching on the frozen autoencoder's normalised latents, in ZeroCoMSpace: the
     loss is averaged over each molecule's (n − 1)·3 + n·k degrees of freedom."""
 
-    name = "diffusion"
 
     def __init__(self, denoiser, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules,
                  condition: PropertyCondition, loss: DenoisingScoreMatching, device, cfg_dropout: float = 0.1,
@@ -147,25 +145,27 @@ class MoleculeDiffusionStage:
             self.preview_fn(self.denoiser, out_dir)
 
 
-def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
-    from modalities.molecule.pipeline import MoleculePipeline, export_reconstructions
+def autoencoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> MoleculeAutoencoderStage:
+    from modalities.molecule.pipeline import export_reconstructions
 
     molecules = load_molecules(cfg, split="train")
-    if stage == "autoencoder":
-        training = cfg.modality.autoencoder_training
-        return MoleculeAutoencoderStage(build_autoencoder(cfg), molecules, training.kl_weight,
-                                        training.charge_weight, preview=export_reconstructions)
-    if stage == "diffusion":
-        autoencoder = build_autoencoder(cfg, run_dir, device)
-        denoiser = build_denoiser(cfg, autoencoder)
+    training = cfg.modality.autoencoder_training
+    return MoleculeAutoencoderStage(build_autoencoder(cfg), molecules, training.kl_weight,
+                                    training.charge_weight, preview=export_reconstructions)
 
-        def preview(ema_denoiser, out_dir: Path):
-            pipeline = MoleculePipeline(cfg, run_dir, device, denoiser=ema_denoiser, autoencoder=autoencoder,
-                                        training=molecules)
-            pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps),
-                            out_dir)
 
-        return MoleculeDiffusionStage(denoiser, autoencoder, molecules, PropertyCondition(cfg, molecules),
-                                      instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout,
-                                      preview=preview)
-    raise ValueError(f"the molecule modality has stages 'autoencoder' and 'diffusion', not '{stage}'")
+def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> MoleculeDiffusionStage:
+    from modalities.molecule.pipeline import MoleculePipeline
+
+    molecules = load_molecules(cfg, split="train")
+    autoencoder = build_autoencoder(cfg, run_dir, device)
+    denoiser = build_denoiser(cfg, autoencoder)
+
+    def preview(ema_denoiser, out_dir: Path):
+        pipeline = MoleculePipeline(cfg, run_dir, device, denoiser=ema_denoiser, autoencoder=autoencoder,
+                                    training=molecules)
+        pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
+
+    return MoleculeDiffusionStage(denoiser, autoencoder, molecules, PropertyCondition(cfg, molecules),
+                                  instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout,
+                                  preview=preview)

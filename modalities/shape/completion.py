@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from shared.diffusion.guidance import Inpainting, sdedit_start
+from shared.generation.generate import item_generators
 
 
 @torch.no_grad()
@@ -26,13 +27,13 @@ def complete(pipeline, partial: np.ndarray, labels: torch.Tensor, steps: int, se
         raise ValueError(f"partial={source}: {len(partial)} points; completion needs between "
                          f"{children} and {vae.num_points - children} (clouds have {vae.num_points})")
     batch = len(labels)
-    generator = torch.Generator().manual_seed(seed)
+    generator = item_generators(seed, range(batch))
     given = torch.as_tensor(partial, dtype=torch.float32)
     global_posterior, point_posterior = vae.encode(given[None].to(device), num_latent_points=known)
     z0_start = vae.global_stats.normalize(global_posterior.mean).expand(batch, -1)
     z0_t, times = sdedit_start(z0_start, settings.global_strength, pipeline.global_denoiser.schedule, steps,
                                generator=generator)
-    z0 = pipeline.sample_global(labels, steps, generator, x_T=z0_t.to(device), times=times)
+    z0 = pipeline.sample_global(labels, times, generator, x_T=z0_t.to(device))
 
     known_rows = torch.zeros(batch, num_latent, vae.point_dim, device=device)
     known_rows[:, :known] = vae.point_stats.normalize(point_posterior.mean)

@@ -13,7 +13,8 @@ from modalities.shape.components import (build_global_denoiser, build_label_enco
                                          dataset_label_names, label_conditions, parse_labels, point_condition)
 from modalities.shape.export import export_point_clouds, load_shape_samples, read_point_cloud
 from modalities.shape.evaluation import compare_with_data, data_row
-from shared.generation.sampler import guided_sampler
+from shared.diffusion.draws import draw_randn
+from shared.generation.generate import generate, sample_latent
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -37,46 +38,39 @@ class PointCloudPipeline:
             point_prior = (point_denoiser, point_labels)
         self.point_denoiser, self.point_labels = point_prior
 
-    @torch.no_grad()
-    def sample_global(self, labels: torch.Tensor, steps: int, generator: torch.Generator, x_T=None, times=None):
-        """Normalised z₀ [B, G] for class ``labels`` (classifier-free guidance from the config)."""
-        sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
+    def sample_global(self, labels: torch.Tensor, steps, generators, x_T=None) -> torch.Tensor:
+        """Normalised z₀ [B, G] for class ``labels`` (classifier-free guidance from the config); ``x_T`` and an
+        explicit time grid ``steps`` start it part-way (SDEdit)."""
         cond, uncond = label_conditions(self.label_encoder, labels, self.device)
         if x_T is None:
-            x_T = torch.randn(len(labels), self.vae.global_dim, generator=generator).to(self.device)
-        guided = guidance(self.global_denoiser, uncond=uncond)
-        return sampler(guided, x_T, self.global_denoiser.schedule, times if times is not None else steps,
-                       generator=generator, cond=cond)
+            x_T = draw_randn((len(labels), self.vae.global_dim), generators, self.device)
+        return sample_latent(self.cfg, self.global_denoiser, x_T, generators, steps, cond=cond, uncond=uncond)
 
-    @torch.no_grad()
-    def sample_points(self, z0: torch.Tensor, labels: torch.Tensor, steps: int, generator: torch.Generator,
-                      wrap=None):
+    def sample_points(self, z0: torch.Tensor, labels: torch.Tensor, steps: int, generators, wrap=None):
         """Normalised latent points [B, M, 3 + D] given normalised z₀ and the class (CFG as configured);
         ``wrap`` adds a further denoiser wrapper (inpainting)."""
-        sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
         null = torch.full_like(labels, self.point_labels.null_index)
         cond, uncond = (point_condition(z0, self.point_labels, y) for y in (labels, null))
-        denoiser = guidance(self.point_denoiser, uncond=uncond)
-        x_T = torch.randn(len(z0), self.vae.num_latent_points, self.vae.point_dim, generator=generator)
-        return sampler(wrap(denoiser) if wrap else denoiser, x_T.to(self.device), self.point_denoiser.schedule, steps,
-                       generator=generator, cond=cond)
+        x_T = draw_randn((len(z0), self.vae.num_latent_points, self.vae.point_dim), generators, self.device)
+        return sample_latent(self.cfg, self.point_denoiser, x_T, generators, steps, cond=cond, uncond=uncond,
+                             wrap=wrap)
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None,
-               batch_size: int = 128) -> dict:
+               batch_size: int | None = None) -> dict:
         steps = steps or self.cfg.steps
         labels = parse_labels(prompt, num_samples, self.label_names)
         if self.cfg.get("partial"):
             return complete(self, read_point_cloud(self.cfg.partial), labels, steps, seed, self.cfg.partial)
-        clouds = []
-        for start in range(0, num_samples, batch_size):
-            generator = torch.Generator().manual_seed(seed + start)
-            chunk = labels[start:start + batch_size]
-            z0 = self.sample_global(chunk, steps, generator)
-            h = self.sample_points(z0, chunk, steps, generator)
-            clouds.append(self.vae.decode_latent(z0, h, generator=generator).float().cpu())
-        return {"points": torch.cat(clouds), "labels": labels.tolist(),
-                "seeds": [seed + (i // batch_size) * batch_size for i in range(num_samples)]}
+
+        def draw(indices: list[int], generators) -> dict:
+            chunk = labels[indices]
+            z0 = self.sample_global(chunk, steps, generators)
+            h = self.sample_points(z0, chunk, steps, generators)
+            return {"points": self.vae.decode_latent(z0, h, generator=generators).float().cpu()}
+
+        clouds = generate(draw, num_samples, seed, batch_size or self.cfg.get("batch_size"))["points"]
+        return {"points": clouds, "labels": labels.tolist(), "seeds": [seed] * num_samples}
 
     def export(self, result: dict, out_dir: Path):
         labelled = bool(self.label_names)  # an unlabelled folder's samples carry no class

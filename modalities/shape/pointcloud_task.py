@@ -22,7 +22,6 @@ from shared.training.stages import Conditions, LatentDiffusionStage
 
 
 class PointCloudAutoencoderStage:
-    name = "autoencoder"
 
     def __init__(self, vae: PointCloudVAE, points: torch.Tensor, kl_global: float, kl_points: float,
                  stats_batch: int = 128):
@@ -86,7 +85,6 @@ class PointPriorStage:
     class, dropped to the null class with probability ``cfg_dropout`` (z₀ alone need not carry the class:
     the latent points can make it redundant for the decoder)."""
 
-    name = "point_prior"
 
     def __init__(self, denoiser, vae: PointCloudVAE, points: torch.Tensor, labels: torch.Tensor, label_encoder,
                  loss: DenoisingScoreMatching, device, cfg_dropout: float = 0.1, encode_batch: int = 128,
@@ -136,28 +134,31 @@ class PointPriorStage:
             self.preview_fn(self.denoiser, self.label_encoder, out_dir)
 
 
-def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
+def autoencoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> PointCloudAutoencoderStage:
+    data, _ = load_shapes(cfg)
+    training = cfg.modality.autoencoder_training
+    return PointCloudAutoencoderStage(build_vae(cfg), data["points"], training.kl_global, training.kl_points)
+
+
+def global_prior_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> LatentDiffusionStage:
     data, label_names = load_shapes(cfg)
-    if stage == "autoencoder":
-        training = cfg.modality.autoencoder_training
-        return PointCloudAutoencoderStage(build_vae(cfg), data["points"], training.kl_global, training.kl_points)
     vae = build_vae(cfg, run_dir, device)
-    if stage == "global_prior":
-        label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
-        denoiser = build_global_denoiser(cfg, vae, label_encoder)
-        conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
-        return LatentDiffusionStage(denoiser, GlobalLatent(vae), data["points"], lambda x: x, conditions,
-                                    instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, device=device,
-                                    name="global_prior")
-    if stage == "point_prior":
-        label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
-        denoiser = build_point_denoiser(cfg, vae, label_encoder)
+    label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
+    denoiser = build_global_denoiser(cfg, vae, label_encoder)
+    conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
+    return LatentDiffusionStage(denoiser, GlobalLatent(vae), data["points"], lambda x: x, conditions,
+                                instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, device=device)
 
-        def preview(point_denoiser, point_labels, out_dir: Path):
-            pipeline = PointCloudPipeline(cfg, run_dir, device, point_prior=(point_denoiser, point_labels))
-            pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 
-        return PointPriorStage(denoiser, vae, data["points"], class_indices(data["labels"], label_names), label_encoder,
-                               instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout, preview=preview)
-    raise ValueError(f"the point-cloud modality has stages 'autoencoder', 'global_prior' and 'point_prior', "
-                     f"not '{stage}'")
+def point_prior_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> PointPriorStage:
+    data, label_names = load_shapes(cfg)
+    vae = build_vae(cfg, run_dir, device)
+    label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
+    denoiser = build_point_denoiser(cfg, vae, label_encoder)
+
+    def preview(point_denoiser, point_labels, out_dir: Path):
+        pipeline = PointCloudPipeline(cfg, run_dir, device, point_prior=(point_denoiser, point_labels))
+        pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
+
+    return PointPriorStage(denoiser, vae, data["points"], class_indices(data["labels"], label_names), label_encoder,
+                           instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout, preview=preview)

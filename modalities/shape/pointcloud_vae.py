@@ -20,6 +20,7 @@ from torch import nn
 from modalities.blocks import DiTBlock
 from modalities.shape.point_layers import (PointNetPlusPlusEncoder, farthest_point_sample, gather_points, mlp,
                                           nearest_index)
+from shared.diffusion.draws import draw_randn
 from shared.first_stage.autoencoder import DiagonalGaussian, LatentStatistics
 
 
@@ -75,7 +76,7 @@ class PointCloudVAE(nn.Module):
         children's patch coordinates (default: standard normal draws from ``generator``)."""
         b, m, _ = z_points.shape
         if seeds is None:
-            seeds = torch.randn(b, m, self.children_per_point, self.seed_dim, generator=generator)
+            seeds = draw_randn((b, m, self.children_per_point, self.seed_dim), generator)
         c = self.global_embed(z_global.float())
         tokens = self.point_embed(z_points.float())
         for block in self.blocks:

@@ -14,7 +14,8 @@ from modalities.shape.evaluation import compare_with_data, data_row
 from modalities.shape.export import export_meshes, load_shape_samples
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
-from shared.generation.sampler import guided_sampler
+from shared.diffusion.draws import draw_randn
+from shared.generation.generate import generate, sample_latent
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -57,12 +58,14 @@ class SDFPipeline:
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:
         labels = parse_labels(prompt, num_samples, self.label_names)
-        sampler, guidance = guided_sampler(self.cfg, self.cfg.get("guidance_scale"))
-        cond, uncond = label_conditions(self.label_encoder, labels, self.device)
-        generator = torch.Generator().manual_seed(seed)
-        x_T = torch.randn(num_samples, self.autoencoder.latent_channels, generator=generator).to(self.device)
-        z = sampler(guidance(self.denoiser, uncond=uncond), x_T, self.denoiser.schedule, steps or self.cfg.steps,
-                    generator=generator, cond=cond)
+
+        def draw(indices: list[int], generators) -> dict:
+            cond, uncond = label_conditions(self.label_encoder, labels[indices], self.device)
+            x_T = draw_randn((len(indices), self.autoencoder.latent_channels), generators, self.device)
+            return {"z": sample_latent(self.cfg, self.denoiser, x_T, generators, steps or self.cfg.steps, cond=cond,
+                                       uncond=uncond)}
+
+        z = generate(draw, num_samples, seed, self.cfg.get("batch_size"))["z"]
         return {"z": z, "labels": labels.tolist(), "seed": seed}
 
     def export(self, result: dict, out_dir: Path):

@@ -20,7 +20,6 @@ class SDFAutoencoderStage:
     """Each step: encode the surface points, decode a random subset of ``queries`` SDF samples per shape
     (drawn from the step's randomness, so resume stays exact), clamped L1 + KL."""
 
-    name = "autoencoder"
 
     def __init__(self, autoencoder: SDFAutoencoder, data: dict, queries: int, clamp: float | None,
                  kl_weight: float, stats_batch: int = 128, preview=None):
@@ -75,26 +74,26 @@ class SDFAutoencoderStage:
             self.preview_fn(z, self.data["labels"][:8], out_dir)
 
 
-def build_task(cfg: DictConfig, stage: str, run_dir: Path, device: torch.device):
-    if stage == "autoencoder":
-        data, label_names = load_shapes(cfg)
-        training = cfg.modality.autoencoder_training
-        autoencoder = build_sdf_autoencoder(cfg)
-        return SDFAutoencoderStage(autoencoder, data, training.queries, training.clamp, training.kl_weight,
-                                   preview=lambda z, labels, out: export_latents(cfg, autoencoder, z, labels, out,
-                                                                                  label_names, normalized=False))
-    if stage == "diffusion":
-        data, label_names = load_shapes(cfg, with_sdf=False)
-        autoencoder = build_sdf_autoencoder(cfg, run_dir, device)
-        label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
-        denoiser = build_sdf_denoiser(cfg, autoencoder, label_encoder)
-        conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
+def autoencoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> SDFAutoencoderStage:
+    data, label_names = load_shapes(cfg)
+    training = cfg.modality.autoencoder_training
+    autoencoder = build_sdf_autoencoder(cfg)
+    return SDFAutoencoderStage(autoencoder, data, training.queries, training.clamp, training.kl_weight,
+                               preview=lambda z, labels, out: export_latents(cfg, autoencoder, z, labels, out,
+                                                                              label_names, normalized=False))
 
-        def preview(task: LatentDiffusionStage, out_dir: Path):
-            pipeline = SDFPipeline(cfg, run_dir, device, denoiser=task.denoiser, label_encoder=label_encoder)
-            pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 
-        return LatentDiffusionStage(denoiser, autoencoder, data["points"], lambda x: x, conditions,
-                                    instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, preview=preview,
-                                    device=device)
-    raise ValueError(f"the SDF modality has stages 'autoencoder' and 'diffusion', not '{stage}'")
+def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> LatentDiffusionStage:
+    data, label_names = load_shapes(cfg, with_sdf=False)
+    autoencoder = build_sdf_autoencoder(cfg, run_dir, device)
+    label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
+    denoiser = build_sdf_denoiser(cfg, autoencoder, label_encoder)
+    conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
+
+    def preview(task: LatentDiffusionStage, out_dir: Path):
+        pipeline = SDFPipeline(cfg, run_dir, device, denoiser=task.denoiser, label_encoder=label_encoder)
+        pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
+
+    return LatentDiffusionStage(denoiser, autoencoder, data["points"], lambda x: x, conditions,
+                                instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, preview=preview,
+                                device=device)

@@ -80,6 +80,7 @@ class GenerateKeys(TrainKeys):
     steps: int = MISSING
     prompt: Optional[str] = MISSING
     guidance_scale: Optional[float] = MISSING
+    batch_size: int = MISSING
     out_dir: Optional[str] = MISSING
 
 
@@ -225,11 +226,30 @@ def _renamed_target(target):
     return MOVED_MODULES[module] + target[len(module):] if module in MOVED_MODULES else target
 
 
+OLD_TASK_FACTORIES = {  # run directories written before stages were declared name one factory per modality
+    "modalities.image.task.build_task": "image", "modalities.molecule.task.build_task": "molecule",
+    "modalities.shape.pointcloud_task.build_task": "pointcloud", "modalities.shape.sdf_task.build_task": "sdf"}
+
+
+def upgrade_task_factory(modality: dict, config_root: Path) -> dict:
+    """An old run's ``modality.task`` (one factory dispatching on stage names) replaced by the stage
+    declarations of the same modality today, so its directory still resumes and samples."""
+    target = (modality.get("task") or {}).get("_target_")
+    if "stages" in modality or target not in OLD_TASK_FACTORIES:
+        return modality
+    current = OmegaConf.load(config_root / "modality" / f"{OLD_TASK_FACTORIES[target]}.yaml")
+    upgraded = {k: v for k, v in modality.items() if k != "task"}
+    return {**upgraded, "stages": OmegaConf.to_container(current.stages)}
+
+
 def load_run_config(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run_dir={run_dir}: no config.yaml there (not a training run directory)")
-    return OmegaConf.create(_moved_targets(OmegaConf.to_container(OmegaConf.load(path))))
+    tree = _moved_targets(OmegaConf.to_container(OmegaConf.load(path)))
+    if isinstance(tree.get("modality"), dict):
+        tree["modality"] = upgrade_task_factory(tree["modality"], config_dir())
+    return OmegaConf.create(tree)
 
 
 def _assemble(defaults: DictConfig, groups, values, base: DictConfig | None) -> DictConfig:

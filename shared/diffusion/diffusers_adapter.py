@@ -13,6 +13,7 @@ import inspect
 import torch
 
 from shared.diffusion.denoiser import broadcast_alpha_sigma
+from shared.diffusion.draws import ItemGenerators
 from shared.diffusion.parameterization import eps_from_x0, v_from_x0_eps
 from shared.diffusion.schedules import NoiseSchedule
 from shared.diffusion.spaces import EuclideanSpace
@@ -64,6 +65,8 @@ def sample_diffusers(denoiser, x_T, schedule, steps=20, space=None, generator=No
     # first input scaling rather than multiplying by init_noise_sigma (σ_max, not √(σ_max² + 1))
     input_scale = scheduler.scale_model_input(torch.ones((), device=x_T.device), scheduler.timesteps[0])
     x = x_T / input_scale
+    if isinstance(generator, ItemGenerators):  # diffusers draws item by item from a list of generators
+        generator = generator.generators
     for i, timestep in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, timestep)
         t = schedule.t_from_log_snr(_log_snr_of_call(scheduler, i, timestep)).to(x.device)

@@ -120,8 +120,8 @@ class ZeroCoMSpace:
         return torch.cat([self._remove_mean(positions), features], dim=-1)
 
     def randn_like(self, x, generator=None):
-        noise = draw_randn(x.shape, generator, x.device, x.dtype)
-        return self.project(noise)
+        rows = self._counts if self.batch is not None else None  # per-item generators: a molecule's rows
+        return self.project(draw_randn(x.shape, generator, x.device, x.dtype, rows_per_item=rows))
 
     def sum_per_item(self, values):
         if self.batch is not None:

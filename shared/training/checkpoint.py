@@ -71,11 +71,15 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(directory.glob("step_*.json")) if directory.is_dir() else []
 
 
-def load_checkpoint(json_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_checkpoint_meta(json_path: Path) -> dict:
     try:
-        meta = json.loads(json_path.read_text())
+        return json.loads(Path(json_path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{json_path}: unreadable checkpoint metadata ({e})") from None
+
+
+def load_checkpoint(json_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    meta = read_checkpoint_meta(json_path)
     tensor_path = json_path.with_suffix(".safetensors")
     try:
         tensors = load_file(str(tensor_path))

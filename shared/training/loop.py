@@ -1,6 +1,6 @@
 """The training loop: one for every modality and stage.
 
-A stage is a ``TrainingTask`` (what to train) plus ``TrainerSettings`` (how). The loop owns
+A stage is a ``shared.contract.TrainingTask`` (what to train) plus ``TrainerSettings`` (how). The loop owns
 optimisation (groups, accumulation, clipping, LR warm-up, bf16 autocast with fp32 master weights),
 EMA, data order, randomness, data parallelism, checkpoints, logs, previews and the NaN guard.
 Everything random is a function of (seed, step), so resuming from a checkpoint is exact.
@@ -12,11 +12,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
-from torch import nn
 
+from shared.contract import TrainingTask
 from shared.training import distributed
 from shared.training.checkpoint import (flatten_optimizer, latest_checkpoint, load_checkpoint, save_checkpoint,
                                         unflatten_optimizer, with_prefix)
@@ -24,28 +24,6 @@ from shared.training.ema import EMA
 from shared.training.metrics_log import MetricsLog
 from shared.training.precision import resolve_precision
 from shared.training.randomness import BatchRandomness, derive_seed
-
-
-class TrainingTask(Protocol):
-    """One stage of one modality, as the loop sees it."""
-
-    name: str
-
-    def modules(self) -> dict[str, nn.Module]: ...  # everything saved in checkpoints
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]: ...  # one optimizer each, stepped in order
-
-    def ema_modules(self) -> list[str]: ...  # names whose EMA is kept (and used for sampling)
-
-    def num_examples(self) -> int: ...
-
-    def batch(self, indices: torch.Tensor, device: torch.device) -> dict: ...
-
-    def losses(self, batch: dict, random: BatchRandomness, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]: ...
-
-    def preview(self, step: int, out_dir: Path) -> None: ...  # periodic sample export (rank 0, EMA weights)
-
-    def finalize(self) -> None: ...  # after the last step, before the final checkpoint (e.g. latent stats)
 
 
 class NonFiniteLoss(RuntimeError):

@@ -1,8 +1,8 @@
 """`mldm train`: build each stage's task from the config and run the loop over the stages in order.
 
 The experiment preset lists ``stages`` (e.g. autoencoder, then diffusion), each with overrides of
-``trainer`` (``null`` drops a stage); the modality's ``task`` factory builds the task of a stage. A finished stage is skipped
-on resume, an interrupted one continues from its newest checkpoint.
+``trainer`` (``null`` drops a stage); the modality declares what each stage is (``shared.training.stage_spec``).
+A finished stage is skipped on resume, an interrupted one continues from its newest checkpoint.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from shared.training.checkpoint import CheckpointError
 from shared.training.checkpoint import latest_checkpoint
 from shared.training.loop import NonFiniteLoss, Trainer, TrainerSettings, TrainingConfigError
 from shared.training.randomness import derive_seed
+from shared.training.stage_spec import build_stage, initialise_from, planned_stages
 
 TRAINER_KEYS = set(TrainerSettings.__dataclass_fields__) - {"extra"} | {"lr", "warmup_steps", "sample_steps",
                                                                          "sample_count"}
@@ -52,19 +53,24 @@ def stage_dirs(run_dir: Path, stage: str) -> dict[str, Path]:
 
 def train(cfg: DictConfig) -> int:
     device = resolve_device(cfg.get("device", "auto"))
-    rank, world = distributed.setup(device)
     run_dir = Path(cfg.run_dir)
-    stages = cfg.get("stages") or {}
-    if not stages:
+    if not cfg.get("stages"):
         print("mldm train: error: the experiment defines no `stages`", file=sys.stderr)
         return 2
+    stage = None
     try:
-        for index, (stage, overrides) in enumerate(stages.items()):
-            if overrides is None:  # `stages.<name>: null` removes a stage a parent preset defined
-                continue
+        plan = planned_stages(cfg)
+    except TrainingConfigError as e:
+        print(f"mldm train: error: {e}", file=sys.stderr)
+        return 2
+    rank, world = distributed.setup(device)
+    try:
+        for index, spec, overrides in plan:
+            stage = spec.name
             settings = stage_settings(cfg.trainer, overrides, stage)
             torch.manual_seed(derive_seed(cfg.seed, index))  # the networks' initial weights: a function of the seed
-            task = instantiate(cfg.modality.task)(cfg=cfg, stage=stage, run_dir=run_dir, device=device)
+            task = build_stage(spec, cfg, run_dir, device)
+            initialise_from(task, spec, run_dir)
             Trainer(task, settings, cfg.seed, device=device, rank=rank, world=world, **stage_dirs(run_dir, stage)).fit()
     except NonFiniteLoss as e:
         last = latest_checkpoint(run_dir / "checkpoints" / stage)

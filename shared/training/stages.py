@@ -20,7 +20,6 @@ from shared.diffusion.losses import DenoisingScoreMatching
 
 
 class AutoencoderStage:
-    name = "autoencoder"
 
     def __init__(self, autoencoder: FirstStage, adversarial: nn.Module, data: torch.Tensor,
                  to_model: Callable, kl_weight: float = 1e-6, preview: Callable | None = None,
@@ -106,12 +105,10 @@ class Conditions:
 
 
 class LatentDiffusionStage:
-    name = "diffusion"
 
     def __init__(self, denoiser: Denoiser, first_stage: FirstStage | None, data: torch.Tensor, to_model: Callable,
                  conditions: Conditions, loss: DenoisingScoreMatching, cfg_dropout: float = 0.1,
-                 preview: Callable | None = None, encode_batch: int = 256, device="cpu", name: str = "diffusion"):
-        self.name = name  # the stage's name in logs (a modality may train several latent priors)
+                 preview: Callable | None = None, encode_batch: int = 256, device="cpu"):
         self.denoiser, self.first_stage, self.conditions, self.loss = denoiser, first_stage, conditions, loss
         self.cfg_dropout, self.preview_fn = cfg_dropout, preview
         self.mean, self.std = self._latents(data, to_model, encode_batch, torch.device(device))

@@ -22,12 +22,14 @@ from shared.training.randomness import BatchRandomness
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 
-TOY_MODALITY = """task:
-  _target_: toy_task.ToyTask
-  _partial_: true
-  nan_at_step: -1
-  step_delay: 0.0
-  dropout: 0.1
+TOY_MODALITY = """stages:
+  diffusion:
+    build:
+      _target_: toy_task.ToyTask
+      _partial_: true
+      nan_at_step: -1
+      step_delay: 0.0
+      dropout: 0.1
 """
 TOY_EXPERIMENT = """# @package _global_
 defaults:
@@ -67,7 +69,7 @@ def test_kill_and_resume_is_bit_identical(env, tmp_path):
     assert done.returncode == 0, done.stderr
 
     interrupted = tmp_path / "interrupted"
-    slow = ["modality.task.step_delay=0.05"]  # slow enough that the kill lands mid-run
+    slow = ["modality.stages.diffusion.build.step_delay=0.05"]  # slow enough that the kill lands mid-run
     proc = subprocess.Popen(mldm(env, "train", "experiment=toy", f"run_dir={interrupted}", *slow), env=env,
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marker = interrupted / "checkpoints" / "diffusion" / "step_00000020.json"
@@ -89,7 +91,7 @@ def test_kill_and_resume_is_bit_identical(env, tmp_path):
 
 
 def test_nan_guard_stops_keeps_last_good_checkpoint(env, tmp_path):
-    out = run(env, "train", "experiment=toy", f"run_dir={tmp_path}", "modality.task.nan_at_step=25")
+    out = run(env, "train", "experiment=toy", f"run_dir={tmp_path}", "modality.stages.diffusion.build.nan_at_step=25")
     assert out.returncode == 3
     assert "non-finite main at step 25" in out.stderr and "step_00000020.json" in out.stderr
     kept = sorted((tmp_path / "checkpoints" / "diffusion").glob("step_*.json"))
@@ -110,7 +112,7 @@ def test_config_errors_name_the_key(env, tmp_path):
 def test_ddp_two_processes_match_one_process(env, tmp_path):
     """2 processes × 32 and 1 process × 64 (the same global batch) follow the same loss curve."""
     common = ["experiment=toy", "stages.diffusion.max_steps=20", "stages.diffusion.checkpoint_every=0",
-              "stages.diffusion.log_every=1", "modality.task.dropout=0.0"]
+              "stages.diffusion.log_every=1", "modality.stages.diffusion.build.dropout=0.0"]
     single = run(env, "train", *common, f"run_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
