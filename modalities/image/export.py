@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.io.animation import chain_preview
 from shared.io.sample_dir import ARRAYS_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
 
 GRID_FILE = "grid.png"
@@ -54,13 +55,20 @@ def _png_bytes(image_hwc: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def chain_frames(images, scale: int = 4) -> list[np.ndarray]:
+    """Images [T, C, H, W] in [-1, 1] (sample 0 along its denoising chain) as GIF frames, ``scale``× larger."""
+    pixels = _channels_last_uint8(images)
+    return [np.repeat(np.repeat(frame, scale, 0), scale, 1) for frame in pixels]
+
+
 def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None, per_row: int = 8,
-                         grid_max: int = 64, save_float: bool = False) -> Path:
+                         grid_max: int = 64, save_float: bool = False, chain: list[np.ndarray] | None = None) -> Path:
     """Write a sample directory for ``images`` (float [-1, 1] or uint8, [N, C, H, W]).
 
     ``prompts`` / ``labels`` / ``seeds`` (length N each, any may be None) go into every index line
     and into the npz. The grid shows the first ``grid_max`` samples. ``save_float`` also stores
-    the unclamped float images (float32 [N, C, H, W]) as ``images_float``.
+    the unclamped float images (float32 [N, C, H, W]) as ``images_float``; ``chain`` (GIF frames) adds
+    ``chain.gif``.
     """
     pixels = _channels_last_uint8(images)
     n = len(pixels)
@@ -87,7 +95,8 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
         arrays["images_float"] = values.astype(np.float32)
     grid = _png_bytes(make_grid(pixels[:grid_max], per_row))
     files = list(zip(sample_file_names(n, ".png"), (_png_bytes(image) for image in pixels)))
-    return write_sample_dir(out_dir, files, records, arrays, previews={GRID_FILE: lambda f: f.write(grid)})
+    return write_sample_dir(out_dir, files, records, arrays,
+                            previews={GRID_FILE: lambda f: f.write(grid), **chain_preview(chain)})
 
 
 def load_image_samples(out_dir) -> dict:

@@ -11,10 +11,11 @@ from omegaconf import DictConfig
 from modalities.image.components import (build_conditioner, build_dataset, build_denoiser, build_first_stage,
                                          caption_vocabulary, latent_shape, load_images)
 from modalities.image.editing import EditStart, edit_start
-from modalities.image.export import export_image_samples, load_image_samples
+from modalities.image.export import chain_frames, export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
 from shared.diffusion.guidance import Inpainting, sdedit_start
 from shared.diffusion.draws import draw_randn
+from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.training.stages import as_condition
@@ -35,9 +36,10 @@ def null_condition(conditioner, batch: int, device):
 
 @torch.no_grad()
 def generate_images(cfg: DictConfig, denoiser, first_stage, conditioner, prompts: list[str], steps: int, seed: int,
-                    device, batch_size: int | None = None, edit: EditStart | None = None) -> torch.Tensor:
-    """Images in [-1, 1] for ``prompts``, image i a function of (seed, i); ``edit`` starts from an image
-    (SDEdit below strength 1) and keeps its known part (inpainting)."""
+                    device, batch_size: int | None = None, edit: EditStart | None = None) -> dict:
+    """``images`` in [-1, 1] for ``prompts``, image i a function of (seed, i), and ``chain`` (GIF frames of
+    image 0's trajectory) when the config asks for it; ``edit`` starts from an image (SDEdit below
+    strength 1) and keeps its known part (inpainting)."""
     channels, size = latent_shape(cfg, first_stage)
     schedule = denoiser.schedule
 
@@ -51,12 +53,19 @@ def generate_images(cfg: DictConfig, denoiser, first_stage, conditioner, prompts
             if edit.known is not None:
                 wrap = functools.partial(Inpainting, known=x0, mask=edit.known, schedule=schedule,
                                          generator=generators)
+        trajectory = Trajectory() if chain_requested(cfg) and indices[0] == 0 else None
         z = sample_latent(cfg, denoiser, x_T, generators, times, cond=encode_prompts(conditioner, chunk, device),
-                          uncond=null_condition(conditioner, len(chunk), device), wrap=wrap)
-        images = first_stage.decode_latent(z).float() if first_stage is not None else z
-        return {"images": images.clamp(-1, 1).cpu()}
+                          uncond=null_condition(conditioner, len(chunk), device), wrap=wrap, callback=trajectory)
+        chain = None
+        if trajectory is not None:
+            states = torch.cat(trajectory.frames(max_chain_frames(cfg))).to(device)
+            chain = chain_frames(decode(states).cpu())
+        return {"images": decode(z).cpu(), "chain": chain}
 
-    return generate(draw, len(prompts), seed, batch_size)["images"]
+    def decode(z):
+        return (first_stage.decode_latent(z).float() if first_stage is not None else z).clamp(-1, 1)
+
+    return generate(draw, len(prompts), seed, batch_size)
 
 
 class ImagePipeline:
@@ -85,13 +94,14 @@ class ImagePipeline:
 
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0) -> dict:
         prompts = self.prompts(num_samples, prompt)
-        images = generate_images(self.cfg, self.denoiser, self.first_stage, self.conditioner, prompts, self.cfg.steps,
+        result = generate_images(self.cfg, self.denoiser, self.first_stage, self.conditioner, prompts, self.cfg.steps,
                                  seed, self.device, self.cfg.get("batch_size"),
                                  edit=edit_start(self.cfg, self.first_stage, self.device))
-        return {"images": images, "prompts": prompts, "seeds": [seed] * len(prompts)}
+        return {**result, "prompts": prompts, "seeds": [seed] * len(prompts)}
 
     def export(self, result: dict, out_dir: Path):
-        export_image_samples(out_dir, result["images"], prompts=result["prompts"], seeds=result["seeds"])
+        export_image_samples(out_dir, result["images"], prompts=result["prompts"], seeds=result["seeds"],
+                             chain=result.get("chain"))
 
     def evaluate_samples(self, out_dir: Path) -> dict:
         samples = load_image_samples(out_dir)

@@ -49,7 +49,7 @@ def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> Lat
         prompts = (conditions.vocabulary or [str(i) for i in range(conditioner.num_classes)])
         prompts = (prompts * (sample_settings.sample_count // len(prompts) + 1))[:sample_settings.sample_count]
         x = generate_images(cfg, task.denoiser, first_stage, conditioner, prompts, steps=sample_settings.sample_steps,
-                     seed=0, device=device)
+                            seed=0, device=device)["images"]
         preview_images(x, out_dir, prompts)
 
     return LatentDiffusionStage(denoiser, first_stage, images, to_model, conditions, instantiate(cfg.loss),

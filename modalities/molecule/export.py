@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from modalities.molecule.formats import chain_gif_bytes, grid_png_bytes, sdf_bytes, xyz_bytes
+from shared.io.animation import CHAIN_FILE
 from shared.io.sample_dir import ARRAYS_FILE, INDEX_FILE, read_arrays, sample_file_names, write_sample_dir
 
-SDF_FILE, GRID_FILE, CHAIN_FILE = "samples.sdf", "grid.png", "chain.gif"
+SDF_FILE, GRID_FILE = "samples.sdf", "grid.png"
 
 
 def export_molecule_samples(out_dir: Path, positions: torch.Tensor, atom_types: torch.Tensor, num_atoms: torch.Tensor,

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
+from shared.io.animation import gif_bytes
 from shared.io.atomic_files import atomic_write
 from shared.io.sample_dir import sample_file_names
 from modalities.molecule.elements import QM9_ELEMENTS
@@ -266,10 +267,5 @@ def chain_gif_bytes(frames, atom_types, elements: tuple[str, ...] = QM9_ELEMENTS
     images = []
     for step, frame in enumerate(chain):
         bonds = infer_bonds(torch.from_numpy(frame), types, elements=elements) if draw_bonds else None
-        images.append(Image.fromarray(_render_frame(figure, canvas, frame, symbols, bonds, limit,
-                                                    f"step {step + 1}/{len(chain)}")))
-    durations = [frame_ms] * (len(images) - 1) + [last_frame_ms]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations,
-                   loop=0)
-    return buffer.getvalue()
+        images.append(_render_frame(figure, canvas, frame, symbols, bonds, limit, f"step {step + 1}/{len(chain)}"))
+    return gif_bytes(images, frame_ms, last_frame_ms)

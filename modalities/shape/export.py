@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
+from shared.io.animation import chain_preview
 from shared.io.sample_dir import ARRAYS_FILE, INDEX_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
 
 PREVIEW_FILE = "preview.png"
@@ -127,20 +128,65 @@ def _render_preview(points: np.ndarray, titles: list, meshes=None, per_row: int 
     return canvas.print_png
 
 
+def cloud_frames(clouds, size_px: int = 240, max_points: int = 2048) -> list[np.ndarray]:
+    """GIF frames of one cloud along a denoising chain: ``clouds`` [T, P, 3], the preview's fixed view."""
+    figure = Figure(figsize=(size_px / 80, size_px / 80), dpi=80)
+    canvas = FigureCanvasAgg(figure)
+    keep = np.random.default_rng(0).permutation(np.asarray(clouds).shape[1])[:max_points]
+    frames = []
+    for step, cloud in enumerate(np.asarray(clouds, dtype=np.float32)[:, keep]):
+        figure.clear()
+        axes = figure.add_subplot(projection="3d")
+        axes.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], s=0.5, c=cloud[:, 2], cmap="viridis", depthshade=False,
+                     linewidths=0)
+        axes.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1))
+        axes.set_box_aspect((1, 1, 1), zoom=1.3)
+        axes.view_init(*VIEW)
+        axes.set_axis_off()
+        axes.set_title(f"step {step + 1}/{len(clouds)}", fontsize=8)
+        canvas.draw()
+        frames.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return frames
+
+
+def slice_frames(values, bound: float, size_px: int = 240) -> list[np.ndarray]:
+    """GIF frames of a signed distance field's slice along a denoising chain: ``values`` [T, R, R] (rows: y,
+    columns: x) over [-bound, bound]², red outside, blue inside on one colour scale for the whole chain, the
+    zero level set (the surface's cross-section) drawn black."""
+    values = np.asarray(values, dtype=np.float32)
+    limit = float(np.abs(values[np.isfinite(values)]).max(initial=0.0)) or 1.0
+    figure = Figure(figsize=(size_px / 80, size_px / 80), dpi=80)
+    canvas = FigureCanvasAgg(figure)
+    frames = []
+    for step, field in enumerate(values):
+        figure.clear()
+        axes = figure.add_axes((0, 0, 1, 0.9))
+        extent = (-bound, bound, -bound, bound)
+        axes.imshow(field, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", extent=extent)
+        if field.min() < 0 < field.max():
+            axes.contour(field, levels=[0.0], colors="black", linewidths=1.0, origin="lower", extent=extent)
+        axes.set_axis_off()
+        figure.suptitle(f"z = 0 slice, step {step + 1}/{len(values)}", fontsize=8)
+        canvas.draw()
+        frames.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return frames
+
+
 def _write_directory(out_dir: Path, kind: str, files: list, records: list[dict], points: np.ndarray,
-                     labels, meshes, preview_max: int) -> Path:
-    """The shared tail of both exporters: the preview renders, the arrays and the index."""
+                     labels, meshes, preview_max: int, chain=None) -> Path:
+    """The shared tail of both exporters: the preview renders, the arrays and the index (``chain``: GIF frames
+    of sample 0's denoising trajectory, written as ``chain.gif``)."""
     titles = [r.get("prompt", r.get("label")) for r in records[:preview_max]]
     preview = _render_preview(points[:preview_max], titles, None if meshes is None else meshes[:preview_max])
     arrays = {"points": points, "kind": np.array(kind)}
     if labels is not None:
         arrays["labels"] = np.asarray([int(x) for x in labels], dtype=np.int64)
-    return write_sample_dir(out_dir, files, records, arrays, previews={PREVIEW_FILE: preview})
+    return write_sample_dir(out_dir, files, records, arrays, previews={PREVIEW_FILE: preview, **chain_preview(chain)})
 
 
 def export_point_clouds(out_dir, points, labels=None, label_names: list[str] | None = None,
                         seeds=None, extra: dict[str, list] | None = None,
-                        preview_max: int = 32) -> Path:
+                        preview_max: int = 32, chain: list[np.ndarray] | None = None) -> Path:
     """Write a sample directory for point clouds ``points`` [N, P, 3]: binary PLY per sample,
     ``samples.npz`` (``points`` float32, ``labels`` int64), ``samples.jsonl`` and ``preview.png``
     (first ``preview_max`` clouds). ``label_names[label]`` becomes each line's ``prompt``."""
@@ -149,12 +195,12 @@ def export_point_clouds(out_dir, points, labels=None, label_names: list[str] | N
     records = _records(len(array), labels, label_names, seeds, extra)
     files = [(name, trimesh.PointCloud(cloud).export(file_type="ply"))
              for name, cloud in zip(sample_file_names(len(array), ".ply"), array)]
-    return _write_directory(out_dir, "point_clouds", files, records, array, labels, None, preview_max)
+    return _write_directory(out_dir, "point_clouds", files, records, array, labels, None, preview_max, chain)
 
 
 def export_meshes(out_dir, meshes: list, points, labels=None, label_names: list[str] | None = None,
                   seeds=None, mesh_format: str = "obj", extra: dict[str, list] | None = None,
-                  preview_max: int = 32) -> Path:
+                  preview_max: int = 32, chain: list[np.ndarray] | None = None) -> Path:
     """Write a sample directory for ``meshes`` (trimesh.Trimesh, or None) with ``points`` [N, P, 3]
     sampled from them by the caller. An empty mesh (e.g. marching cubes found no surface) gets no
     file but still an index line, ``{"file": null, "empty": true, ...}``, so lines stay aligned
@@ -177,7 +223,7 @@ def export_meshes(out_dir, meshes: list, points, labels=None, label_names: list[
             continue
         data = mesh.export(file_type=mesh_format)
         files.append((name, data.encode("utf-8") if isinstance(data, str) else data))
-    return _write_directory(out_dir, "meshes", files, records, array, labels, meshes, preview_max)
+    return _write_directory(out_dir, "meshes", files, records, array, labels, meshes, preview_max, chain)
 
 
 def load_meshes(out_dir) -> list[trimesh.Trimesh]:

@@ -11,9 +11,10 @@ from omegaconf import DictConfig
 from modalities.shape.completion import complete
 from modalities.shape.components import (build_global_denoiser, build_label_encoder, build_point_denoiser, build_vae,
                                          dataset_label_names, label_conditions, parse_labels, point_condition)
-from modalities.shape.export import export_point_clouds, load_shape_samples, read_point_cloud
+from modalities.shape.export import cloud_frames, export_point_clouds, load_shape_samples, read_point_cloud
 from modalities.shape.evaluation import compare_with_data, data_row
 from shared.diffusion.draws import draw_randn
+from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
 from shared.training.checkpoint import load_stage_weights
 
@@ -46,14 +47,14 @@ class PointCloudPipeline:
             x_T = draw_randn((len(labels), self.vae.global_dim), generators, self.device)
         return sample_latent(self.cfg, self.global_denoiser, x_T, generators, steps, cond=cond, uncond=uncond)
 
-    def sample_points(self, z0: torch.Tensor, labels: torch.Tensor, steps: int, generators, wrap=None):
+    def sample_points(self, z0: torch.Tensor, labels: torch.Tensor, steps: int, generators, wrap=None, callback=None):
         """Normalised latent points [B, M, 3 + D] given normalised z₀ and the class (CFG as configured);
-        ``wrap`` adds a further denoiser wrapper (inpainting)."""
+        ``wrap`` adds a further denoiser wrapper (inpainting), ``callback`` sees every step."""
         null = torch.full_like(labels, self.point_labels.null_index)
         cond, uncond = (point_condition(z0, self.point_labels, y) for y in (labels, null))
         x_T = draw_randn((len(z0), self.vae.num_latent_points, self.vae.point_dim), generators, self.device)
         return sample_latent(self.cfg, self.point_denoiser, x_T, generators, steps, cond=cond, uncond=uncond,
-                             wrap=wrap)
+                             wrap=wrap, callback=callback)
 
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None,
@@ -66,17 +67,28 @@ class PointCloudPipeline:
         def draw(indices: list[int], generators) -> dict:
             chunk = labels[indices]
             z0 = self.sample_global(chunk, steps, generators)
-            h = self.sample_points(z0, chunk, steps, generators)
-            return {"points": self.vae.decode_latent(z0, h, generator=generators).float().cpu()}
+            trajectory = Trajectory() if chain_requested(self.cfg) and indices[0] == 0 else None
+            h = self.sample_points(z0, chunk, steps, generators, callback=trajectory)
+            return {"points": self.vae.decode_latent(z0, h, generator=generators).float().cpu(),
+                    "chain": self.chain(z0[:1], trajectory) if trajectory is not None else None}
 
-        clouds = generate(draw, num_samples, seed, batch_size or self.cfg.get("batch_size"))["points"]
-        return {"points": clouds, "labels": labels.tolist(), "seeds": [seed] * num_samples}
+        result = generate(draw, num_samples, seed, batch_size or self.cfg.get("batch_size"))
+        return {**result, "labels": labels.tolist(), "seeds": [seed] * num_samples}
+
+    def chain(self, z0: torch.Tensor, trajectory: Trajectory) -> list:
+        """GIF frames of cloud 0 along the point prior's steps: each state of its latent points decoded with
+        its final z₀ and the same patch seeds, so only the denoising moves."""
+        states = torch.cat(trajectory.frames(max_chain_frames(self.cfg))).to(self.device)
+        seeds = draw_randn((1, self.vae.num_latent_points, self.vae.children_per_point, self.vae.seed_dim),
+                           torch.Generator().manual_seed(0)).expand(len(states), -1, -1, -1)
+        clouds = self.vae.decode_latent(z0.expand(len(states), -1), states, seeds=seeds)
+        return cloud_frames(clouds.float().cpu().numpy())
 
     def export(self, result: dict, out_dir: Path):
         labelled = bool(self.label_names)  # an unlabelled folder's samples carry no class
         export_point_clouds(out_dir, result["points"], labels=result["labels"] if labelled else None,
                             label_names=self.label_names or None,
-                            seeds=result["seeds"], extra=result.get("extra"))
+                            seeds=result["seeds"], extra=result.get("extra"), chain=result.get("chain"))
 
     def evaluate_samples(self, out_dir: Path) -> dict:
         samples = load_shape_samples(out_dir)

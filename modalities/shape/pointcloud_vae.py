@@ -91,10 +91,10 @@ class PointCloudVAE(nn.Module):
         return reconstruction, (global_posterior, point_posterior)
 
     def decode_latent(self, z_global: torch.Tensor, z_points: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, seeds: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised latents (diffusion samples) -> points."""
         return self.decode(self.global_stats.denormalize(z_global), self.point_stats.denormalize(z_points),
-                           generator=generator)
+                           seeds=seeds, generator=generator)
 
     @torch.no_grad()
     def estimate_latent_statistics(self, batches, seed: int = 0) -> None:

@@ -11,10 +11,11 @@ from omegaconf import DictConfig
 from modalities.shape.components import (build_label_encoder, build_sdf_autoencoder, build_sdf_denoiser,
                                          dataset_label_names, label_conditions, load_shapes, parse_labels)
 from modalities.shape.evaluation import compare_with_data, data_row
-from modalities.shape.export import export_meshes, load_shape_samples
+from modalities.shape.export import export_meshes, load_shape_samples, slice_frames
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
 from shared.diffusion.draws import draw_randn
+from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
 from shared.training.checkpoint import load_stage_weights
 
@@ -34,11 +35,11 @@ def latents_to_meshes(cfg: DictConfig, autoencoder, z: torch.Tensor, normalized:
 
 
 def export_latents(cfg, autoencoder, z, labels, out_dir: Path, label_names, normalized: bool = True, seeds=None,
-                   seed: int = 0):
+                   seed: int = 0, chain=None):
     meshes, points = latents_to_meshes(cfg, autoencoder, z, normalized, seed)
     labels = [int(label) for label in labels] if label_names else None  # unlabelled folders carry no class
     export_meshes(out_dir, meshes, points, labels=labels, label_names=label_names or None,
-                  seeds=seeds, mesh_format=cfg.modality.mesh.format)
+                  seeds=seeds, mesh_format=cfg.modality.mesh.format, chain=chain)
 
 
 class SDFPipeline:
@@ -62,15 +63,28 @@ class SDFPipeline:
         def draw(indices: list[int], generators) -> dict:
             cond, uncond = label_conditions(self.label_encoder, labels[indices], self.device)
             x_T = draw_randn((len(indices), self.autoencoder.latent_channels), generators, self.device)
-            return {"z": sample_latent(self.cfg, self.denoiser, x_T, generators, steps or self.cfg.steps, cond=cond,
-                                       uncond=uncond)}
+            trajectory = Trajectory() if chain_requested(self.cfg) and indices[0] == 0 else None
+            z = sample_latent(self.cfg, self.denoiser, x_T, generators, steps or self.cfg.steps, cond=cond,
+                              uncond=uncond, callback=trajectory)
+            return {"z": z, "chain": self.chain(trajectory) if trajectory is not None else None}
 
-        z = generate(draw, num_samples, seed, self.cfg.get("batch_size"))["z"]
-        return {"z": z, "labels": labels.tolist(), "seed": seed}
+        return {**generate(draw, num_samples, seed, self.cfg.get("batch_size")), "labels": labels.tolist(),
+                "seed": seed}
+
+    @torch.no_grad()
+    def chain(self, trajectory: Trajectory, resolution: int = 64) -> list:
+        """GIF frames of shape 0 along its denoising steps: f(x, y, 0; z_t), the field's slice through the centre."""
+        bound = self.cfg.modality.mesh.bound
+        axis = torch.linspace(-bound, bound, resolution)
+        grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)  # (y, x) per row-major cell
+        queries = torch.cat([grid[:, 1:], grid[:, :1], torch.zeros(len(grid), 1)], 1).to(self.device)
+        states = torch.cat(trajectory.frames(max_chain_frames(self.cfg))).to(self.device)
+        values = self.autoencoder.decode_latent(states, queries.expand(len(states), -1, -1))
+        return slice_frames(values.float().cpu().reshape(len(states), resolution, resolution).numpy(), bound)
 
     def export(self, result: dict, out_dir: Path):
         export_latents(self.cfg, self.autoencoder, result["z"], result["labels"], out_dir, self.label_names,
-                       seeds=[result["seed"]] * len(result["labels"]), seed=result["seed"])
+                       seeds=[result["seed"]] * len(result["labels"]), seed=result["seed"], chain=result.get("chain"))
 
     def evaluate_samples(self, out_dir: Path) -> dict:
         samples = load_shape_samples(out_dir)

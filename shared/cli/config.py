@@ -85,11 +85,18 @@ class GenerateKeys(TrainKeys):
 
 
 @dataclass
+class ExportKeys:
+    chain: bool = MISSING
+    chain_frames: int = MISSING
+
+
+@dataclass
 class SampleKeys(GenerateKeys):
     partial: Optional[str] = MISSING
     init: Optional[str] = MISSING
     strength: Optional[float] = MISSING
     mask: Optional[str] = MISSING
+    export: ExportKeys = field(default_factory=ExportKeys)
 
 
 @dataclass
@@ -234,6 +241,8 @@ OLD_TASK_FACTORIES = {  # run directories written before stages were declared na
 def upgrade_task_factory(modality: dict, config_root: Path) -> dict:
     """An old run's ``modality.task`` (one factory dispatching on stage names) replaced by the stage
     declarations of the same modality today, so its directory still resumes and samples."""
+    if isinstance(modality.get("export"), dict) and "chain" in modality["export"]:  # now the command's export.chain
+        modality = {**modality, "export": {k: v for k, v in modality["export"].items() if k != "chain"}}
     target = (modality.get("task") or {}).get("_target_")
     if "stages" in modality or target not in OLD_TASK_FACTORIES:
         return modality

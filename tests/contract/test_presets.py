@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from shared.cli.config import build_config
@@ -107,3 +108,14 @@ def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, tmp
             np.testing.assert_allclose(two_batches[key], value, rtol=0, atol=1e-2 * scale, err_msg=f"{name}: {key}")
         else:
             np.testing.assert_array_equal(two_batches[key], value, err_msg=f"{name}: {key}")
+
+
+def test_export_chain_writes_a_gif_of_sample_0s_denoising_trajectory(trained, tmp_path):
+    name, _, run_dir = trained
+    done = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "steps=3", "export.chain=true", f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    with Image.open(tmp_path / "chain.gif") as gif:
+        assert gif.n_frames >= 3, f"{name}: one frame per sampler step (3 steps), got {gif.n_frames}"
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(gif.n_frames - 1)
+        assert not np.array_equal(first, np.asarray(gif.convert("RGB"))), f"{name}: the chain does not move"

@@ -69,7 +69,7 @@ def test_a_fresh_run_is_a_function_of_the_seed(molecule_run, tmp_path):
 
 def test_sample_and_evaluate_follow_the_contract(molecule_run, tmp_path):
     out = mldm("sample", f"run_dir={molecule_run}", "num_samples=5", "steps=4", f"out_dir={tmp_path}",
-               "modality.export.chain=true")
+               "export.chain=true")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 5 and all((tmp_path / r["file"]).exists() and r["seed"] == 0 for r in records)
