@@ -104,7 +104,8 @@ class Condition(Protocol):
 class SamplingPipeline(Protocol):
     """``mldm sample`` / ``mldm evaluate`` for one modality. ``sample`` returns what ``export`` writes as a
     sample directory; ``evaluate_samples`` judges such a directory, ``evaluate_data`` the data itself (the
-    papers' "Data" row). Options of ``SAMPLING_OPTIONS`` not listed in ``sampling_options`` are refused."""
+    papers' "Data" row), ``nll_terms`` hands held-out items, encoded as each prior sees them, to
+    ``shared.generation.likelihood``. Options of ``SAMPLING_OPTIONS`` not listed in ``sampling_options`` are refused."""
 
     sampling_options: tuple[str, ...]
 
@@ -115,3 +116,5 @@ class SamplingPipeline(Protocol):
     def evaluate_samples(self, out_dir: Path) -> dict: ...
 
     def evaluate_data(self, split: str, num_samples: int) -> dict: ...
+
+    def nll_terms(self, split: str, num_samples: int) -> list: ...  # NLLTerms for ``mldm evaluate nll=true``

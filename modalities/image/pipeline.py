@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from modalities.image.components import (build_conditioner, build_dataset, build_denoiser, build_first_stage,
-                                         caption_vocabulary, latent_shape, load_images)
+                                         caption_vocabulary, latent_shape, load_images, to_model)
 from modalities.image.editing import EditStart, edit_start
 from modalities.image.export import chain_frames, export_image_samples, load_image_samples
 from modalities.image.metrics import evaluate_samples
@@ -17,6 +17,7 @@ from shared.diffusion.guidance import Inpainting, sdedit_start
 from shared.diffusion.draws import draw_randn
 from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
+from shared.generation.likelihood import NLLTerm
 from shared.conditioning.conditioners import ClassLabelEncoder
 from shared.training.stages import as_condition
 from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
@@ -111,6 +112,20 @@ class ImagePipeline:
         metrics = evaluate_samples(samples["images"], prompts=prompts, labels=labels)
         keep = ("n", "valid_rate", "prompt_accuracy", "label_accuracy", "class_entropy")
         return {k: v for k, v in metrics.items() if k in keep}
+
+    @torch.no_grad()
+    def nll_terms(self, split: str, num_samples: int) -> list[NLLTerm]:
+        """The first ``num_samples`` images of ``split``, encoded (posterior mean), with their prompts; pixel runs
+        count 8-bit bins."""
+        data = build_dataset(self.cfg, split="train" if split == "all" else split,
+                             num_samples=min(num_samples, self.cfg.data.get("num_samples", num_samples)))
+        images, captions, labels = load_images(data)
+        x = to_model(images[:num_samples]).to(self.device)
+        labelled = isinstance(self.conditioner, ClassLabelEncoder)
+        prompts = [str(int(y)) for y in labels[:num_samples]] if labelled else captions[:num_samples]
+        x0 = self.first_stage.encode_latent(x) if self.first_stage is not None else x
+        return [NLLTerm("diffusion", self.denoiser, x0.float(), encode_prompts(self.conditioner, prompts, self.device),
+                        bin_width=None if self.first_stage is not None else 2 / 255)]
 
     def evaluate_data(self, split: str, num_samples: int) -> dict:
         data = build_dataset(self.cfg, split="train" if split == "all" else split,

@@ -21,6 +21,7 @@ from modalities.molecule.export import export_molecule_samples, load_molecule_sa
 from shared.diffusion.draws import ItemGenerators
 from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
+from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -181,6 +182,18 @@ class MoleculePipeline:
         samples = load_molecule_samples(out_dir)
         return evaluate_molecules(samples["positions"], samples["atom_types"], samples["batch"],
                                   reference_smiles=self.reference_smiles(), num_molecules=len(samples["num_atoms"]))
+
+    @torch.no_grad()
+    def nll_terms(self, split: str, num_samples: int) -> list[NLLTerm]:
+        """The first ``num_samples`` molecules of ``split`` encoded (posterior mean) in the zero-CoM space, with
+        their properties when the run is conditional; dimensions are (n − 1)·3 + n·k per molecule."""
+        molecules = self.training if split == "train" else load_molecules(self.cfg, split=split)
+        part = molecules.gather(torch.arange(min(num_samples, len(molecules)))).to(self.device)
+        edges = fully_connected_edges(part.batch, part.num_molecules)
+        posterior = self.autoencoder.encode(part.atom_type, part.pos, part.batch, edges, part.num_molecules)
+        z = self.autoencoder.normalize_latent(posterior.mean).float()
+        return [NLLTerm("diffusion", self.denoiser, z, self.condition.condition(part, self.device),
+                        space=zero_com(part.batch, part.num_molecules))]
 
     def evaluate_data(self, split: str, num_samples: int) -> dict:
         """The papers' "Data" row: the metrics of every molecule of ``split`` (``num_samples`` is not

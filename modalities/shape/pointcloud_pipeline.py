@@ -10,12 +10,13 @@ from omegaconf import DictConfig
 
 from modalities.shape.completion import complete
 from modalities.shape.components import (build_global_denoiser, build_label_encoder, build_point_denoiser, build_vae,
-                                         dataset_label_names, label_conditions, parse_labels, point_condition)
+                                         class_indices, dataset_label_names, label_conditions, parse_labels, point_condition)
 from modalities.shape.export import cloud_frames, export_point_clouds, load_shape_samples, read_point_cloud
-from modalities.shape.evaluation import compare_with_data, data_row
+from modalities.shape.evaluation import compare_with_data, data_row, reference_set
 from shared.diffusion.draws import draw_randn
 from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
+from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -93,6 +94,18 @@ class PointCloudPipeline:
     def evaluate_samples(self, out_dir: Path) -> dict:
         samples = load_shape_samples(out_dir)
         return compare_with_data(self.cfg, samples["points"], samples["labels"])
+
+    @torch.no_grad()
+    def nll_terms(self, split: str, num_samples: int) -> list[NLLTerm]:
+        """Held-out clouds encoded (posterior means): log p(z₀ | class) + log p(h | z₀, class), one term each."""
+        points, labels = reference_set(self.cfg, num_samples, "test" if split == "all" else split)
+        labels = class_indices(labels, self.label_names).to(self.device)
+        global_posterior, point_posterior = self.vae.encode(points.to(self.device))
+        z0 = self.vae.global_stats.normalize(global_posterior.mean).float()
+        h = self.vae.point_stats.normalize(point_posterior.mean).float()
+        cond, _ = label_conditions(self.label_encoder, labels, self.device)
+        return [NLLTerm("global_prior", self.global_denoiser, z0, cond),
+                NLLTerm("point_prior", self.point_denoiser, h, point_condition(z0, self.point_labels, labels))]
 
     def evaluate_data(self, split: str, num_samples: int) -> dict:
         return data_row(self.cfg, split, num_samples)

@@ -9,14 +9,15 @@ import torch
 from omegaconf import DictConfig
 
 from modalities.shape.components import (build_label_encoder, build_sdf_autoencoder, build_sdf_denoiser,
-                                         dataset_label_names, label_conditions, load_shapes, parse_labels)
-from modalities.shape.evaluation import compare_with_data, data_row
+                                         class_indices, dataset_label_names, label_conditions, load_shapes, parse_labels)
+from modalities.shape.evaluation import compare_with_data, data_row, reference_set
 from modalities.shape.export import export_meshes, load_shape_samples, slice_frames
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
 from shared.diffusion.draws import draw_randn
 from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
 from shared.generation.generate import generate, sample_latent
+from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_stage_weights
 
 
@@ -95,6 +96,14 @@ class SDFPipeline:
         nearest = chamfer_to_nearest(samples["points"][:, subset], training["points"][:, subset])
         return {**metrics, "watertight": watertight_fraction(samples["meshes"]),
                 "chamfer_to_train": float(nearest.mean())}
+
+    @torch.no_grad()
+    def nll_terms(self, split: str, num_samples: int) -> list[NLLTerm]:
+        """Held-out shapes' surface points encoded (posterior mean), with their classes."""
+        points, labels = reference_set(self.cfg, num_samples, "test" if split == "all" else split)
+        z = self.autoencoder.latent_stats.normalize(self.autoencoder.encode(points.to(self.device)).mean).float()
+        cond, _ = label_conditions(self.label_encoder, class_indices(labels, self.label_names), self.device)
+        return [NLLTerm("diffusion", self.denoiser, z, cond)]
 
     def evaluate_data(self, split: str, num_samples: int) -> dict:
         return data_row(self.cfg, split, num_samples)

@@ -2,7 +2,8 @@
 
 A modality config provides ``pipeline`` (a partial called with cfg, run_dir, device) returning an
 object with ``sample(num_samples, prompt, seed) -> result``, ``export(result, out_dir)``,
-``evaluate_samples(out_dir) -> dict`` and ``evaluate_data(split, num_samples) -> dict``, and lists the
+``evaluate_samples(out_dir) -> dict``, ``evaluate_data(split, num_samples) -> dict`` and
+``nll_terms(split, num_samples)`` (``shared.contract.SamplingPipeline``), and lists the
 sampling options it implements in ``sampling_options`` (of ``partial``, ``init``, ``strength``, ``mask``).
 The sampler, its steps and the guidance come from the config (``sampler=``, ``steps=``, ``guidance_scale=``).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from shared.generation.likelihood import prior_nll
 from shared.io.atomic_files import atomic_write_text
 from shared.training.run import resolve_device
 
@@ -72,9 +74,15 @@ def sample(cfg: DictConfig) -> int:
 @user_errors("evaluate")
 def evaluate(cfg: DictConfig) -> int:
     judge_only = cfg.source == "data" or bool(cfg.get("samples_dir"))
+    if cfg.get("nll") and judge_only:
+        raise ValueError("nll=true scores held-out data under a trained model: give run_dir=DIR, "
+                         "not source=data or samples_dir=")
     pipeline = build_pipeline(cfg, with_model=not judge_only)
     start = time.perf_counter()
-    if cfg.source == "data":
+    if cfg.get("nll"):
+        metrics = prior_nll(pipeline.nll_terms(cfg.split, cfg.num_samples), cfg.nll_steps, cfg.seed)
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "evaluation"
+    elif cfg.source == "data":
         metrics = pipeline.evaluate_data(cfg.split, cfg.num_samples)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "evaluate_data"
     elif cfg.get("samples_dir"):

@@ -104,6 +104,8 @@ class EvaluateKeys(GenerateKeys):
     source: Source = MISSING
     samples_dir: Optional[str] = MISSING
     split: Split = MISSING
+    nll: bool = MISSING
+    nll_steps: int = MISSING
 
 
 SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}

@@ -119,3 +119,15 @@ def test_export_chain_writes_a_gif_of_sample_0s_denoising_trajectory(trained, tm
         first = np.asarray(gif.convert("RGB"))
         gif.seek(gif.n_frames - 1)
         assert not np.array_equal(first, np.asarray(gif.convert("RGB"))), f"{name}: the chain does not move"
+
+
+def test_evaluate_nll_reports_bits_per_dim_as_the_sum_of_its_parts(trained, tmp_path):
+    name, _, run_dir = trained
+    done = mldm("evaluate", f"run_dir={run_dir}", "nll=true", "num_samples=4", "nll_steps=5", "split=train",
+                f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    parts = sum(metrics[f"{part}_bpd"] for part in ("reconstruction", "diffusion", "prior"))
+    assert np.isfinite(metrics["bits_per_dim"]) and metrics["bits_per_dim"] == pytest.approx(parts, rel=1e-9)
+    assert metrics["nll_items"] == 4 and metrics["nll_steps"] == 5, name
+    assert metrics["prior_bpd"] >= 0.0 and metrics["diffusion_bpd"] >= 0.0  # a KL and a sum of squares

@@ -8,6 +8,7 @@ from oracles import GaussianOracle
 from shared.diffusion.elbo import bits_per_dim, elbo_grid, negative_elbo
 from shared.diffusion.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
 from shared.diffusion.spaces import ZeroCoMSpace
+from shared.generation.likelihood import NLLTerm, prior_nll
 
 STD = 0.3
 ENTROPY_BPD = 0.5 * math.log2(2 * math.pi * math.e * STD**2)  # differential entropy of N(μ, s²), bits per dim
@@ -84,3 +85,19 @@ def test_bits_per_dim_with_quantisation_bins():
     assert bits_per_dim(nll, dof).item() == pytest.approx(100 / (10 * math.log(2)))
     assert bits_per_dim(nll, dof, bin_width=2 / 255).item() == pytest.approx(
         (100 - 10 * math.log(2 / 255)) / (10 * math.log(2)))
+
+
+def test_prior_nll_pools_priors_by_their_degrees_of_freedom_and_counts_bins():
+    """``mldm evaluate nll=true``'s reduction: two priors' nats and dimensions add up; a bin width adds
+    −log2(bin) bits per dimension to the density's bound."""
+    schedule, g = CosineSchedule(), torch.Generator().manual_seed(3)
+    wide, narrow = 0.7 + STD * torch.randn(500, 4, generator=g), 0.1 * STD * torch.randn(500, 2, generator=g)
+    terms = [NLLTerm("a", GaussianOracle(schedule, 0.7, STD), wide),
+             NLLTerm("b", GaussianOracle(schedule, 0.0, 0.1 * STD), narrow)]
+    pooled = prior_nll(terms, steps=2000)
+    assert 0 < pooled["a.bits_per_dim"] - exact_nll_bpd(wide, 0.7, 4) < 0.1
+    assert pooled["bits_per_dim"] == pytest.approx((4 * pooled["a.bits_per_dim"] + 2 * pooled["b.bits_per_dim"]) / 6)
+    assert pooled["bits_per_dim"] == pytest.approx(sum(pooled[f"{p}_bpd"] for p in ("reconstruction", "diffusion",
+                                                                                        "prior")))
+    binned = prior_nll([NLLTerm("a", GaussianOracle(schedule, 0.7, STD), wide, bin_width=2 / 255)], steps=2000)
+    assert binned["bits_per_dim"] - pooled["a.bits_per_dim"] == pytest.approx(-math.log2(2 / 255), abs=0.02)
