@@ -15,7 +15,7 @@ import torch
 
 from modalities.image.components import build_conditioner, build_denoiser, build_first_stage, load_images, to_model
 from shared.cli.config import build_config
-from shared.training.stages import Conditions, LatentDiffusionStage
+from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
 from shared.training.loop import Trainer, TrainerSettings
 from shared.training.randomness import BatchRandomness
 from hydra.utils import instantiate
@@ -32,8 +32,10 @@ def make_stage(backbone: str, channels_last: bool, seed: int = 0):
     if channels_last:
         denoiser = denoiser.to(memory_format=torch.channels_last)
     conditions = Conditions(captions=captions, text_encoder=conditioner)
-    return cfg, LatentDiffusionStage(denoiser, first_stage, images, to_model, conditions, instantiate(cfg.loss),
-                                     cfg_dropout=cfg.modality.cfg_dropout)
+    stage = LatentDiffusionStage(denoiser, EncodedLatents(first_stage, images, to_model, conditions),
+                                 instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout)
+    stage.name = "diffusion"  # what the runner names it from the modality's stage declaration
+    return cfg, stage
 
 
 def mldm_loop(stage, precision: str, steps: int, tmp: Path) -> tuple[float, list[float]]:

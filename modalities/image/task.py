@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from modalities.image.components import build_conditioner, build_denoiser, build_first_stage, load_images, to_model
 from modalities.image.export import export_image_samples
 from shared.conditioning.conditioners import ClassLabelEncoder
-from shared.training.stages import AutoencoderStage, Conditions, LatentDiffusionStage
+from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
+from shared.training.stages import AutoencoderStage
 from shared.training.checkpoint import load_frozen_first_stage
 
 
@@ -52,5 +53,6 @@ def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> Lat
                             seed=0, device=device)["images"]
         preview_images(x, out_dir, prompts)
 
-    return LatentDiffusionStage(denoiser, first_stage, images, to_model, conditions, instantiate(cfg.loss),
-                                cfg_dropout=cfg.modality.cfg_dropout, preview=preview, device=device)
+    latents = EncodedLatents(first_stage, images, to_model, conditions, device=device)
+    return LatentDiffusionStage(denoiser, latents, instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout,
+                                preview=preview)

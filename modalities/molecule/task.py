@@ -18,8 +18,7 @@ from modalities.molecule.autoencoder import MoleculeAutoencoder, molecule_autoen
 from modalities.molecule.components import (PropertyCondition, build_autoencoder, build_denoiser, load_molecules,
                                             zero_com)
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
-from shared.conditioning.conditioners import drop_condition
-from shared.diffusion.losses import DenoisingScoreMatching, mean_per_item
+from shared.training.latent_diffusion import LatentDiffusionStage
 
 
 @torch.no_grad()
@@ -93,27 +92,16 @@ class MoleculeAutoencoderStage:
             self.preview_fn(self.autoencoder, self.molecules, out_dir)
 
 
-class MoleculeDiffusionStage:
-    """Denoising score matching on the frozen autoencoder's normalised latents, in ZeroCoMSpace: the
-    loss is averaged over each molecule's (n − 1)·3 + n·k degrees of freedom."""
+class MoleculeLatents:
+    """The molecule prior's data (``shared.training.latent_diffusion.LatentData``): each atom's posterior,
+    drawn with zero-CoM noise and normalised, in the molecules' ZeroCoMSpace, and the molecules' properties,
+    which CFG dropout marks absent, when the run is conditional."""
 
-
-    def __init__(self, denoiser, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules,
-                 condition: PropertyCondition, loss: DenoisingScoreMatching, device, cfg_dropout: float = 0.1,
-                 preview=None):
-        self.denoiser, self.autoencoder, self.molecules, self.loss = denoiser, autoencoder, molecules, loss
-        self.condition, self.cfg_dropout, self.preview_fn = condition, cfg_dropout, preview
+    def __init__(self, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules, condition: PropertyCondition,
+                 device):
+        self.autoencoder, self.molecules, self.condition_of = autoencoder, molecules, condition
         autoencoder.to(device).eval().requires_grad_(False)
         self.mean, self.std, _ = encode_all(autoencoder, molecules, device)
-
-    def modules(self):
-        return {"denoiser": self.denoiser}
-
-    def param_groups(self):
-        return {"main": list(self.denoiser.parameters())}
-
-    def ema_modules(self):
-        return ["denoiser"]
 
     def num_examples(self):
         return len(self.molecules)
@@ -123,26 +111,17 @@ class MoleculeDiffusionStage:
         return {"molecules": molecules.to(device), "mean": self.mean[molecules.rows].to(device),
                 "std": self.std[molecules.rows].to(device)}
 
-    def losses(self, batch, random, step):
+    def draw(self, batch, random):
         molecules = batch["molecules"]
         space = zero_com(molecules.batch, molecules.num_molecules)
-        z = self.autoencoder.normalize_latent(draw_latent(batch["mean"], batch["std"], molecules, random))
-        cond = self.condition.condition(molecules, z.device)
-        if cond.properties is not None:  # CFG dropout: the property marked absent
-            cond = drop_condition(cond, self.cfg_dropout, random.rand(molecules.num_molecules), null=None)
-        t = random.draw(self.loss.time_sampler, molecules.num_molecules, self.denoiser.schedule).to(z.device)
-        per_element = self.loss(self.denoiser, z, cond, space=space, t=t, **self.loss.global_draws(random, z),
-                                generator=random.generator)  # the self-conditioning coin, same on every rank
-        loss = mean_per_item(space, per_element, z).mean()
-        return {"main": loss}, {"loss": float(loss.detach())}
+        return self.autoencoder.normalize_latent(draw_latent(batch["mean"], batch["std"], molecules, random)), space
 
-    def finalize(self):
-        pass
+    def condition(self, batch, z, drop):
+        cond = self.condition_of.condition(batch["molecules"], z.device)
+        return drop(cond, None) if cond.properties is not None else cond  # the properties marked absent
 
-    @torch.no_grad()
-    def preview(self, step, out_dir: Path):
-        if self.preview_fn is not None:
-            self.preview_fn(self.denoiser, out_dir)
+    def trained_modules(self):
+        return {}
 
 
 def autoencoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> MoleculeAutoencoderStage:
@@ -154,18 +133,18 @@ def autoencoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> M
                                     training.charge_weight, preview=export_reconstructions)
 
 
-def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> MoleculeDiffusionStage:
+def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> LatentDiffusionStage:
     from modalities.molecule.pipeline import MoleculePipeline
 
     molecules = load_molecules(cfg, split="train")
     autoencoder = build_autoencoder(cfg, run_dir, device)
     denoiser = build_denoiser(cfg, autoencoder)
 
-    def preview(ema_denoiser, out_dir: Path):
-        pipeline = MoleculePipeline(cfg, run_dir, device, denoiser=ema_denoiser, autoencoder=autoencoder,
+    def preview(task: LatentDiffusionStage, out_dir: Path):
+        pipeline = MoleculePipeline(cfg, run_dir, device, denoiser=task.denoiser, autoencoder=autoencoder,
                                     training=molecules)
         pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 
-    return MoleculeDiffusionStage(denoiser, autoencoder, molecules, PropertyCondition(cfg, molecules),
-                                  instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout,
-                                  preview=preview)
+    latents = MoleculeLatents(autoencoder, molecules, PropertyCondition(cfg, molecules), device)
+    return LatentDiffusionStage(denoiser, latents, instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout,
+                                preview=preview)

@@ -16,9 +16,7 @@ from modalities.shape.pointcloud_pipeline import PointCloudPipeline
 from modalities.shape.export import export_point_clouds
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.pointcloud_vae import PointCloudVAE, pointcloud_vae_loss
-from shared.conditioning.conditioners import drop_condition
-from shared.diffusion.losses import DenoisingScoreMatching
-from shared.training.stages import Conditions, LatentDiffusionStage
+from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
 
 
 class PointCloudAutoencoderStage:
@@ -69,7 +67,7 @@ class PointCloudAutoencoderStage:
 
 
 class GlobalLatent(nn.Module):
-    """The VAE seen as a first stage whose latent is z₀ alone (for ``LatentDiffusionStage``)."""
+    """The VAE seen as a first stage whose latent is z₀ alone (for ``EncodedLatents``)."""
 
     def __init__(self, vae: PointCloudVAE):
         super().__init__()
@@ -79,18 +77,15 @@ class GlobalLatent(nn.Module):
         return self.vae.encode(x)[0]
 
 
-class PointPriorStage:
-    """Denoising score matching on normalised latent points h, conditioned on the normalised z₀ of the
-    same shape (both drawn from the posterior each step, as LION trains its second prior) and on the
-    class, dropped to the null class with probability ``cfg_dropout`` (z₀ alone need not carry the class:
-    the latent points can make it redundant for the decoder)."""
+class PointLatents:
+    """The point prior's data (``shared.training.latent_diffusion.LatentData``): normalised latent points h,
+    conditioned on the normalised z₀ of the same shape (both drawn from the posterior each step, as LION trains
+    its second prior) and on the class, which CFG dropout replaces by the null class (z₀ alone need not carry
+    the class: the latent points can make it redundant for the decoder)."""
 
-
-    def __init__(self, denoiser, vae: PointCloudVAE, points: torch.Tensor, labels: torch.Tensor, label_encoder,
-                 loss: DenoisingScoreMatching, device, cfg_dropout: float = 0.1, encode_batch: int = 128,
-                 preview=None):
-        self.denoiser, self.vae, self.loss, self.preview_fn = denoiser, vae, loss, preview
-        self.labels, self.label_encoder, self.cfg_dropout = labels, label_encoder, cfg_dropout
+    def __init__(self, vae: PointCloudVAE, points: torch.Tensor, labels: torch.Tensor, label_encoder, device,
+                 encode_batch: int = 128):
+        self.vae, self.labels, self.label_encoder = vae, labels, label_encoder
         vae.to(device).eval().requires_grad_(False)
         with torch.no_grad():  # the VAE is frozen: encode every shape once
             posteriors = [vae.encode(points[i:i + encode_batch].to(device)) for i in range(0, len(points), encode_batch)]
@@ -98,40 +93,24 @@ class PointPriorStage:
                             for level, key in ((0, "global"), (1, "points"))
                             for attr, name in (("mean", f"{key}_mean"), ("std", f"{key}_std"))}
 
-    def modules(self):
-        return {"denoiser": self.denoiser, "label_encoder": self.label_encoder}
-
-    def param_groups(self):
-        return {"main": [p for m in self.modules().values() for p in m.parameters()]}
-
-    def ema_modules(self):
-        return list(self.modules())
-
     def num_examples(self):
         return len(self.moments["global_mean"])
 
     def batch(self, indices, device):
         return {**{k: v[indices].to(device) for k, v in self.moments.items()}, "labels": self.labels[indices]}
 
-    def losses(self, batch, random, step):
+    def draw(self, batch, random):
         z0 = batch["global_mean"] + batch["global_std"] * random.randn_like(batch["global_mean"])
         h = batch["points_mean"] + batch["points_std"] * random.randn_like(batch["points_mean"])
-        z0, h = self.vae.global_stats.normalize(z0), self.vae.point_stats.normalize(h)
-        labels = drop_condition(batch["labels"], self.cfg_dropout, random.rand(len(batch["labels"])).cpu(),
-                                null=self.label_encoder.null_index)
-        t = random.draw(self.loss.time_sampler, len(h), self.denoiser.schedule)
-        cond = point_condition(z0, self.label_encoder, labels)
-        loss = self.loss(self.denoiser, h, cond, t=t, **self.loss.global_draws(random, h),
-                         generator=random.generator).mean()
-        return {"main": loss}, {"loss": float(loss.detach())}
+        batch["z0"] = self.vae.global_stats.normalize(z0)  # drawn with h: the condition it is trained under
+        return self.vae.point_stats.normalize(h), None
 
-    def finalize(self):
-        pass
+    def condition(self, batch, z, drop):
+        labels = drop(batch["labels"], self.label_encoder.null_index)
+        return point_condition(batch["z0"], self.label_encoder, labels)
 
-    @torch.no_grad()
-    def preview(self, step, out_dir: Path):
-        if self.preview_fn is not None:
-            self.preview_fn(self.denoiser, self.label_encoder, out_dir)
+    def trained_modules(self):
+        return {"label_encoder": self.label_encoder}
 
 
 def autoencoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> PointCloudAutoencoderStage:
@@ -146,19 +125,20 @@ def global_prior_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> 
     label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
     denoiser = build_global_denoiser(cfg, vae, label_encoder)
     conditions = Conditions(labels=class_indices(data["labels"], label_names), label_encoder=label_encoder)
-    return LatentDiffusionStage(denoiser, GlobalLatent(vae), data["points"], lambda x: x, conditions,
-                                instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, device=device)
+    latents = EncodedLatents(GlobalLatent(vae), data["points"], lambda x: x, conditions, device=device)
+    return LatentDiffusionStage(denoiser, latents, instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout)
 
 
-def point_prior_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> PointPriorStage:
+def point_prior_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> LatentDiffusionStage:
     data, label_names = load_shapes(cfg)
     vae = build_vae(cfg, run_dir, device)
     label_encoder = build_label_encoder(cfg, len(label_names)).to(device)
     denoiser = build_point_denoiser(cfg, vae, label_encoder)
 
-    def preview(point_denoiser, point_labels, out_dir: Path):
-        pipeline = PointCloudPipeline(cfg, run_dir, device, point_prior=(point_denoiser, point_labels))
+    def preview(task: LatentDiffusionStage, out_dir: Path):
+        pipeline = PointCloudPipeline(cfg, run_dir, device, point_prior=(task.denoiser, label_encoder))
         pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 
-    return PointPriorStage(denoiser, vae, data["points"], class_indices(data["labels"], label_names), label_encoder,
-                           instantiate(cfg.loss), device, cfg_dropout=cfg.modality.cfg_dropout, preview=preview)
+    latents = PointLatents(vae, data["points"], class_indices(data["labels"], label_names), label_encoder, device)
+    return LatentDiffusionStage(denoiser, latents, instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout,
+                                preview=preview)

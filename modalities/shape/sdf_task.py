@@ -1,5 +1,5 @@
 """`mldm train` for SDF latents: the SDF autoencoder (surface points -> z -> f(x, z)), then a
-class-conditional latent diffusion prior over z (``shared.training.stages.LatentDiffusionStage``)."""
+class-conditional latent diffusion prior over z (``shared.training.latent_diffusion``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,7 @@ from modalities.shape.components import (build_label_encoder, build_sdf_autoenco
 from modalities.shape.sdf_pipeline import SDFPipeline, export_latents
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.sdf_vae import SDFAutoencoder, clamped_l1
-from shared.training.stages import Conditions, LatentDiffusionStage
+from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
 
 
 class SDFAutoencoderStage:
@@ -94,6 +94,6 @@ def diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> Lat
         pipeline = SDFPipeline(cfg, run_dir, device, denoiser=task.denoiser, label_encoder=label_encoder)
         pipeline.export(pipeline.sample(cfg.trainer.sample_count, seed=0, steps=cfg.trainer.sample_steps), out_dir)
 
-    return LatentDiffusionStage(denoiser, autoencoder, data["points"], lambda x: x, conditions,
-                                instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout, preview=preview,
-                                device=device)
+    latents = EncodedLatents(autoencoder, data["points"], lambda x: x, conditions, device=device)
+    return LatentDiffusionStage(denoiser, latents, instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout,
+                                preview=preview)
