@@ -19,6 +19,7 @@ from modalities.molecule.components import (PropertyCondition, build_autoencoder
                                             zero_com)
 from modalities.molecule.graphs import MoleculeBatch, PackedMolecules, fully_connected_edges
 from shared.training.latent_diffusion import LatentDiffusionStage
+from shared.training.stages import FirstStageTask
 
 
 @torch.no_grad()
@@ -42,21 +43,15 @@ def draw_latent(mean: torch.Tensor, std: torch.Tensor, molecules: MoleculeBatch,
     return mean + std * noise
 
 
-class MoleculeAutoencoderStage:
+class MoleculeAutoencoderStage(FirstStageTask):
+    """The equivariant autoencoder: atom types (+ charges) and positions reconstructed from z drawn with
+    zero-CoM noise, + weighted KL."""
 
     def __init__(self, autoencoder: MoleculeAutoencoder, molecules: PackedMolecules, kl_weight: float,
                  charge_weight: float = 1.0, preview=None):
-        self.autoencoder, self.molecules, self.kl_weight = autoencoder, molecules, kl_weight
+        super().__init__(autoencoder)
+        self.molecules, self.kl_weight = molecules, kl_weight
         self.charge_weight, self.preview_fn = charge_weight, preview
-
-    def modules(self):
-        return {"autoencoder": self.autoencoder}
-
-    def param_groups(self):
-        return {"main": list(self.autoencoder.parameters())}
-
-    def ema_modules(self):
-        return []
 
     def num_examples(self):
         return len(self.molecules)

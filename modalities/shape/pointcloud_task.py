@@ -17,24 +17,18 @@ from modalities.shape.export import export_point_clouds
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.pointcloud_vae import PointCloudVAE, pointcloud_vae_loss
 from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
+from shared.training.stages import FirstStageTask
 
 
-class PointCloudAutoencoderStage:
+class PointCloudAutoencoderStage(FirstStageTask):
+    """The hierarchical VAE (LION eq. 3): Chamfer reconstruction + weighted KLs of z₀ and the latent points."""
 
     def __init__(self, vae: PointCloudVAE, points: torch.Tensor, kl_global: float, kl_points: float,
                  stats_batch: int = 128):
-        self.vae, self.points, self.kl_global, self.kl_points = vae, points, kl_global, kl_points
+        super().__init__(vae)
+        self.points, self.kl_global, self.kl_points = points, kl_global, kl_points
         self.stats_batch = stats_batch
         self.centres = farthest_point_centres(points, vae.num_latent_points)
-
-    def modules(self):
-        return {"autoencoder": self.vae}
-
-    def param_groups(self):
-        return {"main": list(self.vae.parameters())}
-
-    def ema_modules(self):
-        return []
 
     def num_examples(self):
         return len(self.points)
@@ -44,10 +38,10 @@ class PointCloudAutoencoderStage:
 
     def losses(self, batch, random, step):
         x = batch["x"]
-        posteriors = self.vae.encode(x, batch["centres"])
+        posteriors = self.autoencoder.encode(x, batch["centres"])
         z0, h = (q.mean + q.std * random.randn_like(q.mean) for q in posteriors)
-        seeds = random.randn_like(h.new_empty(*h.shape[:2], self.vae.children_per_point, self.vae.seed_dim))
-        reconstruction = self.vae.decode(z0, h, seeds)
+        seeds = random.randn_like(h.new_empty(*h.shape[:2], self.autoencoder.children_per_point, self.autoencoder.seed_dim))
+        reconstruction = self.autoencoder.decode(z0, h, seeds)
         terms = pointcloud_vae_loss(x, reconstruction, posteriors, self.kl_global, self.kl_points)
         logs = {k: float(v.detach()) for k, v in terms.items()}
         logs["loss"] = logs.pop("total")
@@ -55,14 +49,14 @@ class PointCloudAutoencoderStage:
 
     @torch.no_grad()
     def finalize(self):
-        device = next(self.vae.parameters()).device
-        self.vae.estimate_latent_statistics(self.points[i:i + self.stats_batch].to(device)
+        device = next(self.autoencoder.parameters()).device
+        self.autoencoder.estimate_latent_statistics(self.points[i:i + self.stats_batch].to(device)
                                             for i in range(0, len(self.points), self.stats_batch))
 
     @torch.no_grad()
     def preview(self, step, out_dir: Path):
-        x = self.points[:8].to(next(self.vae.parameters()).device)
-        reconstruction = self.vae(x, sample=False, generator=torch.Generator().manual_seed(step))[0]
+        x = self.points[:8].to(next(self.autoencoder.parameters()).device)
+        reconstruction = self.autoencoder(x, sample=False, generator=torch.Generator().manual_seed(step))[0]
         export_point_clouds(out_dir, torch.cat([x, reconstruction]).cpu())
 
 

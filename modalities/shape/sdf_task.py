@@ -14,29 +14,21 @@ from modalities.shape.sdf_pipeline import SDFPipeline, export_latents
 from modalities.shape.point_layers import farthest_point_centres
 from modalities.shape.sdf_vae import SDFAutoencoder, clamped_l1
 from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
+from shared.training.stages import FirstStageTask
 
 
-class SDFAutoencoderStage:
+class SDFAutoencoderStage(FirstStageTask):
     """Each step: encode the surface points, decode a random subset of ``queries`` SDF samples per shape
     (drawn from the step's randomness, so resume stays exact), clamped L1 + KL."""
 
-
     def __init__(self, autoencoder: SDFAutoencoder, data: dict, queries: int, clamp: float | None,
                  kl_weight: float, stats_batch: int = 128, preview=None):
-        self.autoencoder, self.data, self.queries, self.clamp = autoencoder, data, queries, clamp
+        super().__init__(autoencoder)
+        self.data, self.queries, self.clamp = data, queries, clamp
         self.kl_weight, self.stats_batch, self.preview_fn = kl_weight, stats_batch, preview
         if "sdf" not in data:
             raise ValueError("the SDF autoencoder needs SDF samples: set data.with_sdf=true")
         self.centres = farthest_point_centres(data["points"], autoencoder.num_centres)
-
-    def modules(self):
-        return {"autoencoder": self.autoencoder}
-
-    def param_groups(self):
-        return {"main": list(self.autoencoder.parameters())}
-
-    def ema_modules(self):
-        return []
 
     def num_examples(self):
         return len(self.data["points"])

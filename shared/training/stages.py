@@ -16,7 +16,26 @@ from shared.first_stage.autoencoder import FirstStage, autoencoder_loss
 from shared.conditioning.conditioners import TextCondition
 
 
+class FirstStageTask:
+    """What every first-stage training shares: one module, ``autoencoder``, one optimizer and no EMA (LDM uses
+    its first stage as trained). A modality's own first stage (point clouds, SDFs, molecules) subclasses it
+    with ``num_examples``, ``batch``, ``losses``, ``finalize`` (its latent statistics) and ``preview``."""
+
+    def __init__(self, autoencoder: nn.Module):
+        self.autoencoder = autoencoder
+
+    def modules(self):
+        return {"autoencoder": self.autoencoder}
+
+    def param_groups(self):
+        return {"main": list(self.autoencoder.parameters())}
+
+    def ema_modules(self):
+        return []
+
+
 class AutoencoderStage:
+    """A tensor modality's first stage with its discriminator (PatchGAN from ``disc_start`` on)."""
 
     def __init__(self, autoencoder: FirstStage, adversarial: nn.Module, data: torch.Tensor,
                  to_model: Callable, kl_weight: float = 1e-6, preview: Callable | None = None,
