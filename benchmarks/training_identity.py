@@ -63,7 +63,8 @@ def main() -> None:
                 train(checkout.resolve(), preset, stages, Path(tmp) / tag / name, args.steps)
             for stage in stages:
                 final = f"checkpoints/{stage}/step_{args.steps:08d}.safetensors"
-                print(f"{name} {stage}: {compare(Path(tmp) / 'before' / name / final, Path(tmp) / 'after' / name / final)}")
+                verdict = compare(Path(tmp) / "before" / name / final, Path(tmp) / "after" / name / final)
+                print(f"{name} {stage}: {verdict}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ class TrainingTask(Protocol):
 
     def batch(self, indices: torch.Tensor, device: torch.device) -> dict: ...
 
-    def losses(self, batch: dict, random: BatchRandomness, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]: ...
+    def losses(self, batch: dict, random: BatchRandomness,
+               step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]: ...  # per optimizer group, logs
 
     def preview(self, step: int, out_dir: Path) -> None: ...  # periodic sample export (rank 0, EMA weights)
 

@@ -121,8 +121,8 @@ class MoleculePipeline:
     @torch.no_grad()
     def sample(self, num_samples: int, prompt: str | None = None, seed: int = 0, steps: int | None = None) -> dict:
         fragment = self._fragment()
-        result = generate(functools.partial(self._draw, prompt=prompt, steps=steps or self.cfg.steps, fragment=fragment),
-                          num_samples, seed, self.cfg.get("batch_size"))
+        draw = functools.partial(self._draw, prompt=prompt, steps=steps or self.cfg.steps, fragment=fragment)
+        result = generate(draw, num_samples, seed, self.cfg.get("batch_size"))
         return {**result, "seed": seed}
 
     def _draw(self, indices: list[int], generators: ItemGenerators, prompt, steps, fragment) -> dict:

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from modalities.shape.completion import complete
 from modalities.shape.components import (build_global_denoiser, build_label_encoder, build_point_denoiser, build_vae,
-                                         class_indices, dataset_label_names, label_conditions, parse_labels, point_condition)
+                                         class_indices, dataset_label_names, label_conditions, parse_labels,
+                                         point_condition)
 from modalities.shape.export import cloud_frames, export_point_clouds, load_shape_samples, read_point_cloud
 from modalities.shape.evaluation import compare_with_data, data_row, reference_set
 from shared.diffusion.draws import draw_randn

@@ -40,7 +40,8 @@ class PointCloudAutoencoderStage(FirstStageTask):
         x = batch["x"]
         posteriors = self.autoencoder.encode(x, batch["centres"])
         z0, h = (q.mean + q.std * random.randn_like(q.mean) for q in posteriors)
-        seeds = random.randn_like(h.new_empty(*h.shape[:2], self.autoencoder.children_per_point, self.autoencoder.seed_dim))
+        vae = self.autoencoder
+        seeds = random.randn_like(h.new_empty(*h.shape[:2], vae.children_per_point, vae.seed_dim))
         reconstruction = self.autoencoder.decode(z0, h, seeds)
         terms = pointcloud_vae_loss(x, reconstruction, posteriors, self.kl_global, self.kl_points)
         logs = {k: float(v.detach()) for k, v in terms.items()}

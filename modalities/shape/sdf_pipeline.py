@@ -9,7 +9,8 @@ import torch
 from omegaconf import DictConfig
 
 from modalities.shape.components import (build_label_encoder, build_sdf_autoencoder, build_sdf_denoiser,
-                                         class_indices, dataset_label_names, label_conditions, load_shapes, parse_labels)
+                                         class_indices, dataset_label_names, label_conditions, load_shapes,
+                                         parse_labels)
 from modalities.shape.evaluation import compare_with_data, data_row, reference_set
 from modalities.shape.export import export_meshes, load_shape_samples, slice_frames
 from modalities.shape.mesh import extract_mesh, sample_mesh_points

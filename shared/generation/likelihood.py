@@ -34,7 +34,8 @@ def prior_nll(terms: list[NLLTerm], steps: int, seed: int = 0) -> dict:
     """Bits per dimension of every term and of their sum, with the reconstruction / diffusion / prior parts,
     for the ``steps``-level hierarchy evenly spaced in log-SNR (every level evaluated: an upper bound that
     tightens toward the continuous-time one as ``steps`` grows; on a Gaussian with the exact denoiser it is
-    0.03-0.05 bits/dim above the true NLL at 2,000 steps, 0.3 at 200; Monte-Carlo over levels was ±0.3 at 200 calls)."""
+    0.03-0.05 bits/dim above the true NLL at 2,000 steps, 0.3 at 200; Monte-Carlo over the levels was ±0.3 at
+    200 calls)."""
     generator = torch.Generator().manual_seed(seed)
     metrics, totals, total_dof = {}, dict.fromkeys(PARTS, 0.0), 0.0
     for term in terms:

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from shared.cli.config import upgrade_task_factory
 from shared.training.checkpoint import save_checkpoint
 from shared.training.loop import TrainingConfigError
-from shared.training.stage_spec import build_stage, check_frozen_inputs, declared_stages, initialise_from, planned_stages
+from shared.training.stage_spec import (build_stage, check_frozen_inputs, declared_stages, initialise_from,
+                                        planned_stages)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_task import ToyTask  # noqa: E402
