@@ -1,6 +1,8 @@
 """The contract every modality preset honours through the CLI, one row per preset: every stage the preset
 declares trains (two steps), `mldm sample` writes the sample directory, `mldm evaluate` judges it, and a
 finished run resumes to nothing. Stage names come from the preset itself; adding a modality adds a row."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ from PIL import Image
 import pytest
 
 from shared.cli.config import build_config
+from shared.cli.main import main
 from shared.io.sample_dir import read_index
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +42,15 @@ def mldm(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
+def mldm_here(*args):
+    """``mldm`` in this process: for the checks that need no fresh interpreter (no kill, no resume), it saves
+    each call the ~6 s of importing torch, diffusers and transformers again."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["mldm", *args], code, out.getvalue(), err.getvalue())
+
+
 def two_steps_per_stage(preset: list[str]) -> tuple[list[str], list[str]]:
     """The preset's stage names (from its own config) and overrides that train each for two steps."""
     stages = [name for name, node in build_config("train", preset).stages.items() if node is not None]
@@ -64,18 +76,27 @@ def test_every_declared_stage_trains_to_a_complete_checkpoint(trained):
         assert final.exists() and json.loads(final.read_text())["complete"], f"stage {stage}"
 
 
-def test_sample_writes_the_sample_directory_and_evaluate_judges_it(trained, tmp_path):
-    name, _, run_dir = trained
-    done = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "steps=2", f"out_dir={tmp_path}")
+@pytest.fixture(scope="module")
+def sampled(trained, tmp_path_factory):
+    """Three samples of seed 7 drawn in one batch, with sample 0's chain (one CLI call serves three tests)."""
+    _, _, run_dir = trained
+    out = tmp_path_factory.mktemp("samples")
+    done = mldm("sample", f"run_dir={run_dir}", "num_samples=3", "steps=3", "seed=7", "batch_size=3",
+                "export.chain=true", f"out_dir={out}")
     assert done.returncode == 0, done.stderr[-4000:]
-    records = read_index(tmp_path)
-    assert len(records) == 2 and all(r["file"] is None or (tmp_path / r["file"]).is_file() for r in records)
-    with np.load(tmp_path / "samples.npz") as arrays:
+    return out
+
+
+def test_sample_writes_the_sample_directory_and_evaluate_judges_it(trained, sampled):
+    name, _, run_dir = trained
+    records = read_index(sampled)
+    assert len(records) == 3 and all(r["file"] is None or (sampled / r["file"]).is_file() for r in records)
+    with np.load(sampled / "samples.npz") as arrays:
         assert arrays.files, f"{name}: samples.npz holds no arrays"
-    done = mldm("evaluate", f"run_dir={run_dir}", f"samples_dir={tmp_path}")
+    done = mldm_here("evaluate", f"run_dir={run_dir}", f"samples_dir={sampled}")
     assert done.returncode == 0, done.stderr[-4000:]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
-    assert metrics["n"] == 2 and json.loads((tmp_path / "metrics.json").read_text())["n"] == 2
+    assert metrics["n"] == 3 and json.loads((sampled / "metrics.json").read_text())["n"] == 3
 
 
 def test_a_finished_run_resumes_to_nothing(trained):
@@ -86,18 +107,14 @@ def test_a_finished_run_resumes_to_nothing(trained):
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").rglob("*")} == before
 
 
-def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, tmp_path):
+def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, sampled, tmp_path):
     """The same seed drawn in one batch of 3 and in batches of 2 + 1 gives the same samples."""
     name, _, run_dir = trained
-    arrays = []
-    for batch_size in (3, 2):
-        out = tmp_path / f"batch{batch_size}"
-        done = mldm("sample", f"run_dir={run_dir}", "num_samples=3", "steps=2", "seed=7", f"batch_size={batch_size}",
-                    f"out_dir={out}")
-        assert done.returncode == 0, done.stderr[-4000:]
-        with np.load(out / "samples.npz") as npz:
-            arrays.append({key: npz[key] for key in npz.files})
-    one_batch, two_batches = arrays
+    done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=3", "steps=3", "seed=7", "batch_size=2",
+                     f"out_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    with np.load(sampled / "samples.npz") as one, np.load(tmp_path / "samples.npz") as two:
+        one_batch, two_batches = dict(one), dict(two)
     assert one_batch.keys() == two_batches.keys()
     for key, value in one_batch.items():
         if np.issubdtype(value.dtype, np.floating):
@@ -110,11 +127,9 @@ def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, tmp
             np.testing.assert_array_equal(two_batches[key], value, err_msg=f"{name}: {key}")
 
 
-def test_export_chain_writes_a_gif_of_sample_0s_denoising_trajectory(trained, tmp_path):
-    name, _, run_dir = trained
-    done = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "steps=3", "export.chain=true", f"out_dir={tmp_path}")
-    assert done.returncode == 0, done.stderr[-4000:]
-    with Image.open(tmp_path / "chain.gif") as gif:
+def test_export_chain_writes_a_gif_of_sample_0s_denoising_trajectory(trained, sampled):
+    name = trained[0]
+    with Image.open(sampled / "chain.gif") as gif:
         assert gif.n_frames >= 3, f"{name}: one frame per sampler step (3 steps), got {gif.n_frames}"
         first = np.asarray(gif.convert("RGB"))
         gif.seek(gif.n_frames - 1)
@@ -123,8 +138,8 @@ def test_export_chain_writes_a_gif_of_sample_0s_denoising_trajectory(trained, tm
 
 def test_evaluate_nll_reports_bits_per_dim_as_the_sum_of_its_parts(trained, tmp_path):
     name, _, run_dir = trained
-    done = mldm("evaluate", f"run_dir={run_dir}", "nll=true", "num_samples=4", "nll_steps=5", "split=train",
-                f"out_dir={tmp_path}")
+    done = mldm_here("evaluate", f"run_dir={run_dir}", "nll=true", "num_samples=4", "nll_steps=5", "split=train",
+                     f"out_dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-4000:]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     parts = sum(metrics[f"{part}_bpd"] for part in ("reconstruction", "diffusion", "prior"))
