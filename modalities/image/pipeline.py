@@ -15,7 +15,7 @@ from modalities.image.export import chain_frames, export_image_samples, load_ima
 from modalities.image.metrics import evaluate_samples
 from shared.diffusion.guidance import Inpainting, sdedit_start
 from shared.diffusion.draws import draw_randn
-from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
+from shared.generation.chain import chain_trajectory
 from shared.generation.generate import generate, sample_latent
 from shared.generation.likelihood import NLLTerm
 from shared.conditioning.conditioners import ClassLabelEncoder
@@ -54,12 +54,12 @@ def generate_images(cfg: DictConfig, denoiser, first_stage, conditioner, prompts
             if edit.known is not None:
                 wrap = functools.partial(Inpainting, known=x0, mask=edit.known, schedule=schedule,
                                          generator=generators)
-        trajectory = Trajectory() if chain_requested(cfg) and indices[0] == 0 else None
+        trajectory = chain_trajectory(cfg, indices)
         z = sample_latent(cfg, denoiser, x_T, generators, times, cond=encode_prompts(conditioner, chunk, device),
                           uncond=null_condition(conditioner, len(chunk), device), wrap=wrap, callback=trajectory)
         chain = None
         if trajectory is not None:
-            states = torch.cat(trajectory.frames(max_chain_frames(cfg))).to(device)
+            states = torch.cat(trajectory.frames()).to(device)
             chain = chain_frames(decode(states).cpu())
         return {"images": decode(z).cpu(), "chain": chain}
 

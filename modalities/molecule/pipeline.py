@@ -19,7 +19,7 @@ from modalities.molecule.graphs import PackedMolecules, fully_connected_edges
 from modalities.molecule.metrics import evaluate_molecules, training_smiles
 from modalities.molecule.export import export_molecule_samples, load_molecule_samples
 from shared.diffusion.draws import ItemGenerators
-from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
+from shared.generation.chain import chain_trajectory
 from shared.generation.generate import generate, sample_latent
 from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_stage_weights
@@ -144,7 +144,7 @@ class MoleculePipeline:
                                      schedule=self.denoiser.schedule, generator=generators)
         x_T = space.randn_like(torch.zeros(int(sizes.sum()), 3 + self.autoencoder.latent_features,
                                            device=self.device), generators)
-        trajectory = Trajectory(rows=int(sizes[0])) if chain_requested(self.cfg) and indices[0] == 0 else None
+        trajectory = chain_trajectory(self.cfg, indices, rows=int(sizes[0]))
         z = sample_latent(self.cfg, self.denoiser, x_T, generators, steps, cond=cond, uncond=cond.unconditional(),
                           space=space, wrap=wrap, callback=trajectory)
         positions, atom_types = decode_atoms(self.autoencoder, z, batch, num_samples)
@@ -155,7 +155,7 @@ class MoleculePipeline:
                                                          fragment["atom_types"].to(self.device), num_samples)
             kept, rmsd = {"fragment": str(self.cfg.partial), "fragment_atoms": fragment_atoms}, rmsd.cpu().tolist()
         first = torch.zeros(int(sizes[0]), dtype=torch.long, device=self.device)
-        states = trajectory.frames(max_chain_frames(self.cfg)) if trajectory is not None else []
+        states = trajectory.frames() if trajectory is not None else []
         frames = [decode_atoms(self.autoencoder, x.to(self.device), first, 1)[0].cpu() for x in states]
         return {"positions": positions.cpu(), "atom_types": atom_types.cpu(), "num_atoms": sizes,
                 "properties": values, "chain": torch.stack(frames) if frames else None,

@@ -15,7 +15,7 @@ from modalities.shape.components import (build_global_denoiser, build_label_enco
 from modalities.shape.export import cloud_frames, export_point_clouds, load_shape_samples, read_point_cloud
 from modalities.shape.evaluation import compare_with_data, data_row, reference_set
 from shared.diffusion.draws import draw_randn
-from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
+from shared.generation.chain import Trajectory, chain_trajectory
 from shared.generation.generate import generate, sample_latent
 from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_stage_weights
@@ -69,7 +69,7 @@ class PointCloudPipeline:
         def draw(indices: list[int], generators) -> dict:
             chunk = labels[indices]
             z0 = self.sample_global(chunk, steps, generators)
-            trajectory = Trajectory() if chain_requested(self.cfg) and indices[0] == 0 else None
+            trajectory = chain_trajectory(self.cfg, indices)
             h = self.sample_points(z0, chunk, steps, generators, callback=trajectory)
             return {"points": self.vae.decode_latent(z0, h, generator=generators).float().cpu(),
                     "chain": self.chain(z0[:1], trajectory) if trajectory is not None else None}
@@ -80,7 +80,7 @@ class PointCloudPipeline:
     def chain(self, z0: torch.Tensor, trajectory: Trajectory) -> list:
         """GIF frames of cloud 0 along the point prior's steps: each state of its latent points decoded with
         its final z₀ and the same patch seeds, so only the denoising moves."""
-        states = torch.cat(trajectory.frames(max_chain_frames(self.cfg))).to(self.device)
+        states = torch.cat(trajectory.frames()).to(self.device)
         seeds = draw_randn((1, self.vae.num_latent_points, self.vae.children_per_point, self.vae.seed_dim),
                            torch.Generator().manual_seed(0)).expand(len(states), -1, -1, -1)
         clouds = self.vae.decode_latent(z0.expand(len(states), -1), states, seeds=seeds)

@@ -16,7 +16,7 @@ from modalities.shape.export import export_meshes, load_shape_samples, slice_fra
 from modalities.shape.mesh import extract_mesh, sample_mesh_points
 from modalities.shape.metrics import chamfer_to_nearest, watertight_fraction
 from shared.diffusion.draws import draw_randn
-from shared.generation.chain import Trajectory, chain_requested, max_chain_frames
+from shared.generation.chain import Trajectory, chain_trajectory
 from shared.generation.generate import generate, sample_latent
 from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_stage_weights
@@ -65,7 +65,7 @@ class SDFPipeline:
         def draw(indices: list[int], generators) -> dict:
             cond, uncond = label_conditions(self.label_encoder, labels[indices], self.device)
             x_T = draw_randn((len(indices), self.autoencoder.latent_channels), generators, self.device)
-            trajectory = Trajectory() if chain_requested(self.cfg) and indices[0] == 0 else None
+            trajectory = chain_trajectory(self.cfg, indices)
             z = sample_latent(self.cfg, self.denoiser, x_T, generators, steps or self.cfg.steps, cond=cond,
                               uncond=uncond, callback=trajectory)
             return {"z": z, "chain": self.chain(trajectory) if trajectory is not None else None}
@@ -80,7 +80,7 @@ class SDFPipeline:
         axis = torch.linspace(-bound, bound, resolution)
         grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)  # (y, x) per row-major cell
         queries = torch.cat([grid[:, 1:], grid[:, :1], torch.zeros(len(grid), 1)], 1).to(self.device)
-        states = torch.cat(trajectory.frames(max_chain_frames(self.cfg))).to(self.device)
+        states = torch.cat(trajectory.frames()).to(self.device)
         values = self.autoencoder.decode_latent(states, queries.expand(len(states), -1, -1))
         return slice_frames(values.float().cpu().reshape(len(states), resolution, resolution).numpy(), bound)
 
