@@ -37,14 +37,6 @@ class ItemGenerators:
         """``draw(generator)`` for every item's generator, concatenated (e.g. one multinomial pick each)."""
         return torch.cat([draw(generator) for generator in self.generators])
 
-    def __getitem__(self, index) -> ItemGenerators:
-        """The generators of the items ``index`` selects (a slice, or a boolean/long tensor)."""
-        if isinstance(index, slice):
-            return ItemGenerators(self.generators[index])
-        index = torch.as_tensor(index)
-        picked = torch.nonzero(index).flatten() if index.dtype == torch.bool else index.flatten()
-        return ItemGenerators([self.generators[int(i)] for i in picked])
-
 
 Generator = torch.Generator | ItemGenerators | None
 

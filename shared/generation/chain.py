@@ -18,12 +18,11 @@ class Trajectory:
 
     def frames(self) -> list[torch.Tensor]:
         """At most ``max_frames`` states, evenly spaced, the last step (the sample) always included."""
-        max_frames = self.max_frames
         if not self.states:
             return []
-        stride = max(1, -(-len(self.states) // max_frames))
+        stride = max(1, -(-len(self.states) // self.max_frames))
         picked = self.states[::stride]
-        return picked if picked[-1] is self.states[-1] else picked[:max_frames - 1] + [self.states[-1]]
+        return picked if picked[-1] is self.states[-1] else picked[:self.max_frames - 1] + [self.states[-1]]
 
 
 def chain_requested(cfg: DictConfig) -> bool:
