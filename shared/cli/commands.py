@@ -6,43 +6,45 @@ object with ``sample(num_samples, prompt, seed) -> result``, ``export(result, ou
 ``nll_terms(split, num_samples)`` (``shared.contract.SamplingPipeline``), and lists the
 sampling options it implements in ``sampling_options`` (of ``partial``, ``init``, ``strength``, ``mask``).
 The sampler, its steps and the guidance come from the config (``sampler=``, ``steps=``, ``guidance_scale=``).
+Output goes through the one sample-directory writer (``shared.io.sample_dir``: nothing of a user's is
+overwritten without ``overwrite=true``); a command writing into its run directory holds the run's lock.
 """
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from shared.errors import ConfigError
 from shared.generation.likelihood import prior_nll
-from shared.io.atomic_files import atomic_write_text
+from shared.io.run_lock import RunLock
+from shared.io.sample_dir import add_to_sample_dir, check_writable, overwriting
 from shared.training.run import resolve_device
 
 
 def build_pipeline(cfg: DictConfig, with_model: bool = True):
     """The modality's pipeline; ``with_model=False`` skips loading weights (judging data or a sample dir)."""
     if cfg.run_dir is None and with_model:
-        raise SystemExit("mldm: error: run_dir=DIR is required (a training run directory)")
+        raise ConfigError("run_dir=DIR is required (a training run directory)")
     run_dir = Path(cfg.run_dir) if cfg.run_dir and with_model else None
     return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
 
 
-def user_errors(command: str):
-    """Bad input (a missing run, an unreadable file, an unknown class) ends in one line naming it, exit 2."""
-    def wrap(function):
-        @functools.wraps(function)
-        def run(cfg: DictConfig) -> int:
-            try:
-                return function(cfg)
-            except (ValueError, FileNotFoundError) as error:
-                print(f"mldm {command}: error: {error}", file=sys.stderr)
-                return 2
-        return run
-    return wrap
+def writing_to(cfg: DictConfig, out_dir: Path, command: str) -> ExitStack:
+    """Held while ``command`` writes ``out_dir``: the run's lock when out_dir lies inside the run, and the
+    ``overwrite`` policy. ``out_dir`` is checked before any work, so a refusal costs no sampling."""
+    stack = ExitStack()
+    stack.enter_context(overwriting(bool(cfg.get("overwrite"))))
+    check_writable(out_dir)
+    run_dir = Path(cfg.run_dir).absolute() if cfg.get("run_dir") else None
+    if run_dir is not None and out_dir.absolute().is_relative_to(run_dir):
+        stack.enter_context(RunLock(run_dir, command))
+    return stack
 
 
 SAMPLING_OPTIONS = ("partial", "init", "strength", "mask")
@@ -59,40 +61,42 @@ def check_sampling_options(cfg: DictConfig, pipeline) -> None:
                              f"(it takes: {offered})")
 
 
-@user_errors("sample")
 def sample(cfg: DictConfig) -> int:
     pipeline = build_pipeline(cfg)
     check_sampling_options(cfg, pipeline)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "samples" / time.strftime("cli-%Y%m%d-%H%M%S")
     start = time.perf_counter()
-    result = pipeline.sample(cfg.num_samples, prompt=cfg.prompt, seed=cfg.seed)
-    pipeline.export(result, out_dir)
+    with writing_to(cfg, out_dir, "sample"):
+        result = pipeline.sample(cfg.num_samples, prompt=cfg.prompt, seed=cfg.seed)
+        pipeline.export(result, out_dir)
     print(f"mldm sample: {cfg.num_samples} samples in {time.perf_counter() - start:.1f} s -> {out_dir}")
     return 0
 
 
-@user_errors("evaluate")
 def evaluate(cfg: DictConfig) -> int:
     judge_only = cfg.source == "data" or bool(cfg.get("samples_dir"))
     if cfg.get("nll") and judge_only:
         raise ValueError("nll=true scores held-out data under a trained model: give run_dir=DIR, "
                          "not source=data or samples_dir=")
     pipeline = build_pipeline(cfg, with_model=not judge_only)
-    start = time.perf_counter()
-    if cfg.get("nll"):
-        metrics = prior_nll(pipeline.nll_terms(cfg.split, cfg.num_samples), cfg.nll_steps, cfg.seed)
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "evaluation"
-    elif cfg.source == "data":
-        metrics = pipeline.evaluate_data(cfg.split, cfg.num_samples)
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs") / "evaluate_data"
-    elif cfg.get("samples_dir"):
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.samples_dir)
-        metrics = pipeline.evaluate_samples(Path(cfg.samples_dir))
+    if cfg.out_dir:
+        out_dir = Path(cfg.out_dir)
+    elif cfg.source == "data" and not cfg.get("nll"):
+        out_dir = Path("outputs") / "evaluate_data"
     else:
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.run_dir) / "evaluation"
-        pipeline.export(pipeline.sample(cfg.num_samples, prompt=cfg.get("prompt"), seed=cfg.seed), out_dir)
-        metrics = pipeline.evaluate_samples(out_dir)
-    metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+        out_dir = Path(cfg.samples_dir) if cfg.get("samples_dir") else Path(cfg.run_dir) / "evaluation"
+    start = time.perf_counter()
+    with writing_to(cfg, out_dir, "evaluate"):
+        if cfg.get("nll"):
+            metrics = prior_nll(pipeline.nll_terms(cfg.split, cfg.num_samples), cfg.nll_steps, cfg.seed)
+        elif cfg.source == "data":
+            metrics = pipeline.evaluate_data(cfg.split, cfg.num_samples)
+        elif cfg.get("samples_dir"):
+            metrics = pipeline.evaluate_samples(Path(cfg.samples_dir))
+        else:
+            pipeline.export(pipeline.sample(cfg.num_samples, prompt=cfg.get("prompt"), seed=cfg.seed), out_dir)
+            metrics = pipeline.evaluate_samples(out_dir)
+        metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
+        add_to_sample_dir(out_dir, "metrics.json", json.dumps(metrics, indent=1))
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0

@@ -4,111 +4,25 @@ Precedence when a run directory is the base (``mldm sample|evaluate run_dir=DIR`
 resume=true``): command line > DIR/config.yaml > the command's defaults. A group switch on the command
 line (``sampler=ddim``) replaces the run's whole node; ``key=value`` edits it. Keys that do not exist
 are errors (configs are closed: no ``+key=value``). The top-level keys of each command and the trainer
-keys are type-checked against the dataclasses below; other keys are free-form.
+keys are type- and range-checked against ``shared.cli.schema``; other keys are free-form.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException, ValidationError
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from shared.cli.schema import SCHEMAS, TrainKeys, check_stages, check_types
+from shared.errors import ConfigError  # noqa: F401 (re-exported: callers import it from here)
 
 GLOBAL_GROUPS = ("experiment",)  # groups whose options are `# @package _global_` presets
-
-
-class ConfigError(Exception):
-    """A user error in the command line or the config tree; the CLI prints it as one line, exit 2."""
-
-
-class Source(str, Enum):
-    samples = "samples"
-    data = "data"
-
-
-class Split(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-    all = "all"
-
-
-class Precision(str, Enum):
-    bf16 = "bf16"
-    fp32 = "fp32"
-    auto = "auto"
-
-
-# Types only: every default lives in the YAML tree (MISSING here), so there is one source of defaults.
-@dataclass
-class TrainerKeys:
-    max_steps: int = MISSING
-    batch_size: int = MISSING
-    lr: float = MISSING
-    warmup_steps: int = MISSING
-    ema_decay: float = MISSING
-    precision: Precision = MISSING
-    grad_clip: Optional[float] = MISSING
-    grad_accum: int = MISSING
-    checkpoint_every: int = MISSING
-    keep_last: int = MISSING
-    log_every: int = MISSING
-    sample_every: int = MISSING
-    sample_steps: int = MISSING
-    sample_count: int = MISSING
-
-
-@dataclass
-class TrainKeys:
-    run_dir: Optional[str] = MISSING
-    seed: int = MISSING
-    resume: bool = MISSING
-    trainer: TrainerKeys = field(default_factory=TrainerKeys)
-
-
-@dataclass
-class GenerateKeys(TrainKeys):
-    """What every command that samples from a run takes."""
-    num_samples: int = MISSING
-    steps: int = MISSING
-    prompt: Optional[str] = MISSING
-    guidance_scale: Optional[float] = MISSING
-    batch_size: int = MISSING
-    out_dir: Optional[str] = MISSING
-
-
-@dataclass
-class ExportKeys:
-    chain: bool = MISSING
-    chain_frames: int = MISSING
-
-
-@dataclass
-class SampleKeys(GenerateKeys):
-    partial: Optional[str] = MISSING
-    init: Optional[str] = MISSING
-    strength: Optional[float] = MISSING
-    mask: Optional[str] = MISSING
-    export: ExportKeys = field(default_factory=ExportKeys)
-
-
-@dataclass
-class EvaluateKeys(GenerateKeys):
-    source: Source = MISSING
-    samples_dir: Optional[str] = MISSING
-    split: Split = MISSING
-    nll: bool = MISSING
-    nll_steps: int = MISSING
-
-
-SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}
 
 
 def config_dir() -> Path:
@@ -126,53 +40,6 @@ def one_line(text: str) -> str:
     """Hydra/OmegaConf messages span lines (and list the search path); keep the first useful part."""
     text = str(text).split("\nConfig search path")[0]
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) is typing.Union:
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in inner) + " or null"
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        return "one of " + "|".join(m.value for m in tp)
-    return getattr(tp, "__name__", str(tp))
-
-
-def _field_type(schema, dotted: str):
-    tp = schema
-    for name in dotted.split("."):
-        tp = typing.get_type_hints(tp)[name]
-    return tp
-
-
-def _pick(values: dict, schema) -> dict:
-    """The part of ``values`` the schema declares (recursing into dataclass-typed fields)."""
-    hints = typing.get_type_hints(schema)
-    picked = {}
-    for f in fields(schema):
-        if f.name in values:
-            v, tp = values[f.name], hints[f.name]
-            picked[f.name] = _pick(v, tp) if is_dataclass(tp) and isinstance(v, dict) else v
-    return picked
-
-
-def _write_back(dst: dict, typed: dict, picked: dict) -> None:
-    for k, v in picked.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _write_back(dst[k], typed[k], v)
-        else:
-            dst[k] = typed[k]
-
-
-def check_types(values: dict, schema) -> None:
-    """Validate (and convert, e.g. '3' -> 3) the keys the schema declares, in place."""
-    picked = _pick(values, schema)
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), picked)
-    except ValidationError as e:
-        key = e.full_key
-        got = OmegaConf.select(OmegaConf.create(picked), key)
-        raise ConfigError(f"{key}: expected {_type_name(_field_type(schema, key))}, got {got!r}") from None
-    _write_back(values, OmegaConf.to_container(typed, enum_to_str=True), picked)
 
 
 def _parse(overrides: list[str], root: Path):
@@ -290,13 +157,23 @@ def _assemble(defaults: DictConfig, groups, values, base: DictConfig | None) -> 
                 with open_dict(node):
                     del node[leaf]
             else:
-                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+                with _open_stage_node(cfg, o.key_or_group):
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
         except (OmegaConfBaseException, KeyError) as e:
             if OmegaConf.select(cfg, o.key_or_group, default=KeyError) is not KeyError:
                 raise ConfigError(f"cannot apply '{text}': {one_line(e)}") from None
             raise ConfigError(f"unknown key '{o.key_or_group}' in '{text}' (adding keys with +key=value "
                               f"is not allowed; see --show-config for the valid keys)") from None
     return cfg
+
+
+def _open_stage_node(cfg: DictConfig, key: str):
+    """``stages.<stage>.<trainer key>=v`` may set a trainer key the preset's stage node does not list yet."""
+    parts = key.split(".")
+    node = OmegaConf.select(cfg, f"stages.{parts[1]}") if len(parts) == 3 and parts[0] == "stages" else None
+    if isinstance(node, DictConfig) and parts[2] in (cfg.get("trainer") or {}):
+        return open_dict(node)
+    return contextlib.nullcontext()
 
 
 def _resolve(cfg: DictConfig, schema) -> DictConfig:
@@ -309,6 +186,8 @@ def _resolve(cfg: DictConfig, schema) -> DictConfig:
     except OmegaConfBaseException as e:
         raise ConfigError(one_line(e)) from None
     check_types(values, schema)
+    if schema is TrainKeys:
+        check_stages(values)
     scale = values.get("guidance_scale")
     if scale is not None:
         guidance = values.get("guidance")

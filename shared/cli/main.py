@@ -5,6 +5,9 @@
     mldm evaluate run_dir=DIR [num_samples=N]
     mldm evaluate experiment=<preset> source=data [split=train|val|test|all]
 
+A user error (config, data, checkpoint, option; ``shared.errors``) ends in one line naming the key, file
+or record, exit code 2; any other exception is a bug in mldm, reported in one line with exit code 1.
+``--debug`` (or ``MLDM_DEBUG=1``) shows the traceback instead.
 Configs are composed with hydra's compose API (no working-directory change, no hydra output folders)
 from <repo root>/configs or $MLDM_CONFIG_DIR; see ``shared.cli.config`` for precedence and validation.
 Engines are imported lazily from ENGINES, so this module stays light and `mldm --help` is fast.
@@ -16,13 +19,12 @@ import importlib
 import os
 import sys
 from dataclasses import fields
-from datetime import datetime, timezone
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from shared.io.atomic_files import atomic_write_text
-from shared.cli.config import SCHEMAS, ConfigError, build_config, config_dir, group_options
+from shared.cli.config import SCHEMAS, build_config, config_dir, group_options, one_line
+from shared.errors import ConfigError, find_user_error
+from shared.io.run_dir import open_run_dir
 
 # The single dispatch table: command -> "module:function" called with the resolved config.
 ENGINES = {
@@ -54,7 +56,8 @@ overrides (hydra syntax):
   With run_dir (sample, evaluate, train resume=true) DIR/config.yaml is the base:
   command line > the run's config.yaml > this command's defaults.
 
-  --show-config     print the resolved config as YAML and exit (nothing is created or run)"""
+  --show-config     print the resolved config as YAML and exit (nothing is created or run)
+  --debug           on an error, show the Python traceback (also: MLDM_DEBUG=1)"""
 
 
 def _fail(command: str | None, message: str) -> int:
@@ -90,6 +93,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--show-config", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -112,28 +116,6 @@ def _check_modality(command: str, cfg: DictConfig) -> None:
     raise ConfigError(f"no modality selected: choose {run}experiment=<preset> (available: {presets})")
 
 
-def _fresh_run_dir() -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir, n = Path("runs") / stamp, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = Path("runs") / f"{stamp}-{n}"
-    return run_dir
-
-
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    """Create run_dir with checkpoints/, logs/, samples/ and write the resolved config.yaml."""
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else _fresh_run_dir()
-    if not cfg.resume and (run_dir / "config.yaml").exists():
-        raise ConfigError(f"run_dir={run_dir} already holds a run; pass resume=true to continue it "
-                          f"or choose another run_dir")
-    for sub in ("checkpoints", "logs", "samples"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    cfg.run_dir = str(run_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    return run_dir
-
-
 def run(command: str, overrides: list[str], show_config: bool = False) -> int:
     cfg = build_config(command, overrides)
     if show_config:
@@ -145,8 +127,12 @@ def run(command: str, overrides: list[str], show_config: bool = False) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.run_dir:
             raise ConfigError("under torchrun every process needs the same run_dir: pass run_dir=DIR")
         if int(os.environ.get("RANK", "0")) == 0:  # one writer; the other processes only read
-            prepare_run_dir(cfg)
-    result = engine(cfg)
+            with open_run_dir(cfg):
+                return _exit_code(engine(cfg))
+    return _exit_code(engine(cfg))
+
+
+def _exit_code(result) -> int:
     return result if isinstance(result, int) else 0
 
 
@@ -164,8 +150,32 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         return run(command, args.overrides, args.show_config)
-    except ConfigError as e:
-        return _fail(command, str(e))
+    except Exception as error:
+        if args.debug or os.environ.get("MLDM_DEBUG", "") not in ("", "0"):
+            raise
+        return _report(command, error)
+
+
+def _report(command: str, error: Exception) -> int:
+    """One line for any error: exit 2 for what the user can fix, 1 for a bug in mldm."""
+    cause = find_user_error(error) or _builtin_user_error(error)
+    if cause is not None:
+        if isinstance(cause, OSError) and cause.filename is not None and cause.strerror:
+            return _fail(command, f"{cause.filename}: {cause.strerror}")
+        return _fail(command, one_line(cause) or type(cause).__name__)
+    print(f"mldm {command}: internal error: {type(error).__name__}: {one_line(error)} (a bug in mldm; "
+          f"rerun with --debug for the traceback and report it)", file=sys.stderr)
+    return 1
+
+
+def _builtin_user_error(error: BaseException) -> Exception | None:
+    """A ValueError (a bad value: e.g. a config option a builder rejects) or an OSError (a missing file, a
+    full disk), here or among the causes hydra's ``instantiate`` wraps, counts as the user's."""
+    while error is not None:
+        if isinstance(error, (ValueError, OSError)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

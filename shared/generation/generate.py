@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from shared.diffusion.draws import ItemGenerators
+from shared.errors import NonFiniteSamples
 from shared.generation.sampler import guided_sampler
 from shared.training.randomness import derive_seed
 
@@ -33,8 +34,17 @@ def generate(draw_batch: Callable[[list[int], ItemGenerators], dict], num_sample
     parts = []
     for start in range(0, num_samples, batch_size):
         indices = list(range(start, min(start + batch_size, num_samples)))
-        parts.append(draw_batch(indices, item_generators(seed, indices)))
+        parts.append(check_finite(draw_batch(indices, item_generators(seed, indices))))
     return merge_batches(parts)
+
+
+def check_finite(batch: dict) -> dict:
+    """Decoded samples with NaN/inf are never handed on to be written (``sample_latent`` checks the latents)."""
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteSamples(f"decoding produced non-finite '{key}' values from finite latents; nothing "
+                                   f"was written (a decoder trained too briefly, or latents far out of range)")
+    return batch
 
 
 def merge_batches(parts: list[dict]) -> dict:
@@ -69,5 +79,21 @@ def sample_latent(cfg: DictConfig, denoiser, x_T: torch.Tensor, generators: Item
     guided = guidance(denoiser, uncond=uncond, space=space)
     if wrap is not None:
         guided = wrap(guided)
-    return sampler(guided, x_T, denoiser.schedule, steps, space=space, generator=generators, cond=cond,
-                   callback=callback)
+    z = sampler(guided, x_T, denoiser.schedule, steps, space=space, generator=generators, cond=cond,
+                callback=callback)
+    finite = torch.isfinite(z.reshape(len(z), -1)).all(dim=1) if z.ndim else torch.isfinite(z)
+    if not bool(finite.all()):
+        raise NonFiniteSamples(f"sampling produced non-finite values in {int((~finite).sum())} of {len(finite)} "
+                               f"latents; nothing was written. Likely cause: {likely_cause(cfg)}")
+    return z
+
+
+def likely_cause(cfg: DictConfig) -> str:
+    scale = cfg.get("guidance_scale")
+    if scale is None:
+        scale = (cfg.get("guidance") or {}).get("scale")
+    if scale is not None and abs(float(scale)) > 50:
+        return f"guidance_scale={float(scale):g}, far above the usual 1-15: lower it"
+    sampler = str((cfg.get("sampler") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
+    return (f"the sampler diverged ({sampler}, steps={cfg.get('steps')}, guidance scale {scale}): try more "
+            f"steps, sampler=ddim or a smaller guidance_scale")

@@ -17,10 +17,13 @@ from typing import Callable
 import torch
 
 from shared.contract import TrainingTask
+from shared.errors import ConfigError, DataError, NonFiniteSamples
 from shared.training import distributed
 from shared.training.checkpoint import (flatten_optimizer, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                        unflatten_optimizer, with_prefix)
+                                        set_aside_damaged, unflatten_optimizer, with_prefix)
 from shared.training.ema import EMA
+from shared.training.faults import fault_point
+from shared.training.finite import non_finite_fields
 from shared.training.metrics_log import MetricsLog
 from shared.training.precision import resolve_precision
 from shared.training.randomness import BatchRandomness, derive_seed
@@ -30,7 +33,7 @@ class NonFiniteLoss(RuntimeError):
     """A loss or gradient became NaN/inf; the step was not applied."""
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(ConfigError, ValueError):
     """Settings that cannot work (the message names the key)."""
 
 
@@ -49,6 +52,15 @@ class TrainerSettings:
     sample_every: int = 0
     keep_last: int = 3
     extra: dict = field(default_factory=dict)
+
+
+def check_batch_split(settings: TrainerSettings, world: int, stage: str) -> int:
+    """The micro-batch size: the global batch split over grad_accum micro-batches, each over the processes."""
+    micro = settings.batch_size // settings.grad_accum
+    if settings.batch_size % settings.grad_accum or micro % world or micro == 0:
+        raise TrainingConfigError(f"stages.{stage}.batch_size={settings.batch_size} must split into grad_accum="
+                                  f"{settings.grad_accum} micro-batches of a multiple of {world} processes")
+    return micro
 
 
 def data_order(seed: int, num_examples: int, start: int, count: int) -> torch.Tensor:
@@ -73,11 +85,7 @@ class Trainer:
         if settings.precision == "auto" and rank == 0:
             print(f"mldm train: {task.name}: trainer.precision=auto -> {precision} on {device.type}", file=sys.stderr)
         self.autocast_bf16 = precision == "bf16"
-        micro = settings.batch_size // settings.grad_accum
-        if settings.batch_size % settings.grad_accum or micro % world:
-            raise TrainingConfigError(f"trainer.batch_size={settings.batch_size} must split into grad_accum="
-                             f"{settings.grad_accum} micro-batches of a multiple of {world} processes")
-        self.micro_batch = micro
+        self.micro_batch = check_batch_split(settings, world, task.name)
         self.modules = {name: m.to(device) for name, m in task.modules().items()}
         self.groups = task.param_groups()
         self.optimizers = {name: settings.optimizer(params) for name, params in self.groups.items()}
@@ -104,8 +112,11 @@ class Trainer:
             save_checkpoint(self.checkpoint_dir, self.step, tensors, meta, self.s.keep_last)
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of this stage; True if the stage had already finished."""
+        """Load the newest complete checkpoint of this stage (damaged newer ones are set aside and named);
+        True if the stage had already finished."""
         path = latest_checkpoint(self.checkpoint_dir)
+        if self.rank == 0:
+            set_aside_damaged(self.checkpoint_dir, path)
         if path is None:
             return False
         tensors, meta = load_checkpoint(path)
@@ -119,7 +130,11 @@ class Trainer:
         for scheduler in self.lr_schedulers.values():
             scheduler.last_epoch = self.step
             scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
-        return bool(meta.get("complete"))
+        complete = bool(meta.get("complete"))
+        if self.rank == 0:
+            state = f"finished at step {self.step}; skipped" if complete else f"resuming from step {self.step}"
+            print(f"mldm train: {self.task.name}: {state} ({path.name})", file=sys.stderr)
+        return complete
 
     # -- one optimizer step ------------------------------------------------------------------------
     def _micro_indices(self, micro: int) -> torch.Tensor:
@@ -137,6 +152,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                 losses, micro_logs = self.task.losses(batch, random, self.step)
             finite = all(bool(torch.isfinite(v).all()) for v in losses.values())
+            if not finite:
+                self._blame_data(batch, micro)
             if distributed.any_across(not finite, self.world, self.device):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
                 raise NonFiniteLoss(f"non-finite {'/'.join(bad) or 'loss on another process'} at step {self.step}")
@@ -146,6 +163,7 @@ class Trainer:
                                         retain_graph=i < len(names) - 1)
             for key, value in micro_logs.items():
                 logs[key] = logs.get(key, 0.0) + float(value) / self.s.grad_accum
+        fault_point("step")
         for name, opt in self.optimizers.items():
             params = self.groups[name]
             distributed.average_gradients(params, self.world)
@@ -161,6 +179,15 @@ class Trainer:
         self.ema.update(self.step)
         self.step += 1
         return logs
+
+    def _blame_data(self, batch, micro: int) -> None:
+        """A non-finite loss from a batch that holds NaN/inf is the data's fault: say so, naming the items."""
+        bad = list(non_finite_fields(batch))
+        if bad:
+            items = self._micro_indices(micro).tolist()
+            raise DataError(f"the training data holds NaN/inf: {', '.join(bad[:3])} of the batch at step {self.step} "
+                            f"(dataset items {items[:8]}{' ...' if len(items) > 8 else ''}); fix or remove those "
+                            f"records (loaders with skip_bad=true leave bad records out)")
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> int:
@@ -189,8 +216,12 @@ class Trainer:
         return self.step
 
     def preview(self):
-        with self.ema.swapped_in(), torch.no_grad():
-            self.task.preview(self.step, self.samples_dir / self.task.name / f"step_{self.step:08d}")
+        """A preview that diverges is reported and skipped: it says nothing about the weights being trained."""
+        try:
+            with self.ema.swapped_in(), torch.no_grad():
+                self.task.preview(self.step, self.samples_dir / self.task.name / f"step_{self.step:08d}")
+        except NonFiniteSamples as error:
+            print(f"mldm train: {self.task.name}: preview at step {self.step} skipped: {error}", file=sys.stderr)
 
 
 def warmup_then_constant(step: int, warmup_steps: int = 0) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.cli.config import Precision
+from shared.cli.schema import Precision
 
 PRECISIONS = tuple(p.value for p in Precision)  # the config schema's names, the one list of them
 

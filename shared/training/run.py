@@ -13,10 +13,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from shared.errors import ConfigError
+from shared.io.skipped_inputs import LOG_NAME, skipped_inputs_log
 from shared.training import distributed
-from shared.training.checkpoint import CheckpointError
 from shared.training.checkpoint import latest_checkpoint
-from shared.training.loop import NonFiniteLoss, Trainer, TrainerSettings, TrainingConfigError
+from shared.training.faults import fault_point
+from shared.training.loop import NonFiniteLoss, Trainer, TrainerSettings, TrainingConfigError, check_batch_split
 from shared.training.randomness import derive_seed
 from shared.training.stage_spec import build_stage, initialise_from, planned_stages
 
@@ -52,35 +54,33 @@ def stage_dirs(run_dir: Path, stage: str) -> dict[str, Path]:
 
 
 def train(cfg: DictConfig) -> int:
+    """Every planned stage in order; user errors propagate (the CLI prints them as one line, exit 2)."""
     device = resolve_device(cfg.get("device", "auto"))
     run_dir = Path(cfg.run_dir)
     if not cfg.get("stages"):
-        print("mldm train: error: the experiment defines no `stages`", file=sys.stderr)
-        return 2
+        raise ConfigError("stages: the experiment defines no stages to train")
+    plan = planned_stages(cfg)
+    settings = {spec.name: stage_settings(cfg.trainer, overrides, spec.name) for _, spec, overrides in plan}
+    rank, world = distributed.setup(device)
+    for name, stage_setting in settings.items():  # every stage's settings hold before the first one trains
+        check_batch_split(stage_setting, world, name)
     stage = None
     try:
-        plan = planned_stages(cfg)
-    except TrainingConfigError as e:
-        print(f"mldm train: error: {e}", file=sys.stderr)
-        return 2
-    rank, world = distributed.setup(device)
-    try:
-        for index, spec, overrides in plan:
+        for index, spec, _ in plan:
             stage = spec.name
-            settings = stage_settings(cfg.trainer, overrides, stage)
             torch.manual_seed(derive_seed(cfg.seed, index))  # the networks' initial weights: a function of the seed
-            task = build_stage(spec, cfg, run_dir, device)
+            with skipped_inputs_log(run_dir / "logs" / LOG_NAME):
+                task = build_stage(spec, cfg, run_dir, device)
             initialise_from(task, spec, run_dir)
-            Trainer(task, settings, cfg.seed, device=device, rank=rank, world=world, **stage_dirs(run_dir, stage)).fit()
+            Trainer(task, settings[stage], cfg.seed, device=device, rank=rank, world=world,
+                    **stage_dirs(run_dir, stage)).fit()
+            fault_point("stage_end")
     except NonFiniteLoss as e:
         last = latest_checkpoint(run_dir / "checkpoints" / stage)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         print(f"mldm train: stopped: {e}; weights were not updated with it and {kept}. Lower trainer.lr, "
               f"enable trainer.grad_clip or use precision=fp32, then resume=true.", file=sys.stderr)
         return 3
-    except (CheckpointError, TrainingConfigError) as e:
-        print(f"mldm train: error: {e}", file=sys.stderr)
-        return 2
     finally:
         distributed.teardown()
     return 0

@@ -5,6 +5,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +148,38 @@ def test_evaluate_nll_reports_bits_per_dim_as_the_sum_of_its_parts(trained, tmp_
     assert np.isfinite(metrics["bits_per_dim"]) and metrics["bits_per_dim"] == pytest.approx(parts, rel=1e-9)
     assert metrics["nll_items"] == 4 and metrics["nll_steps"] == 5, name
     assert metrics["prior_bpd"] >= 0.0 and metrics["diffusion_bpd"] >= 0.0  # a KL and a sum of squares
+
+
+def test_damaged_checkpoints_users_files_and_diverged_sampling_lose_nothing(trained, tmp_path):
+    """A damaged newest checkpoint (truncated weights; weights without their JSON) is named and the newest
+    sound one used; an out_dir holding a user's file is refused untouched; a guidance scale that makes
+    sampling diverge is named and nothing is written."""
+    name, stages, trained_dir = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_dir, run_dir)
+    last = run_dir / "checkpoints" / stages[-1]
+    for step, damage in ((3, "truncate"), (4, "drop_json")):
+        for suffix in (".json", ".safetensors"):
+            shutil.copy(last / f"step_00000002{suffix}", last / f"step_{step:08d}{suffix}")
+        weights = last / f"step_{step:08d}.safetensors"
+        if damage == "truncate":
+            weights.write_bytes(weights.read_bytes()[:-100])
+        else:
+            (last / f"step_{step:08d}.json").unlink()
+    done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=1", "steps=2", f"out_dir={tmp_path / 'a'}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert re.search(r"damaged checkpoint of step 4: weights without their .json.*\(and 1 more\); using step 2 "
+                     r"instead", done.stderr), f"{name}: {done.stderr[-2000:]}"
+
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "photo.png").write_bytes(b"a user's file")
+    done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=1", "steps=2", f"out_dir={users}")
+    assert done.returncode == 2 and "holds files mldm did not write (photo.png)" in done.stderr, done.stderr[-2000:]
+    assert [p.name for p in users.iterdir()] == ["photo.png"]
+
+    if build_config("sample", [f"run_dir={run_dir}"]).guidance.get("scale") is not None:
+        done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=2", "steps=2", "guidance_scale=1e30",
+                         f"out_dir={tmp_path / 'b'}")
+        assert done.returncode == 2 and "Likely cause: guidance_scale=1e+30" in done.stderr, done.stderr[-2000:]
+        assert not (tmp_path / "b").exists()

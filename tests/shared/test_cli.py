@@ -32,7 +32,7 @@ def fake_tree(tmp_path_factory):
     (root / "modality" / "fake.yaml").write_text("name: fake\nchannels: 3\n")
     (root / "experiment" / "fake_tiny.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /modality: fake\n  - override /sampler: euler\n"
-        "trainer:\n  max_steps: 3\n")
+        "trainer:\n  max_steps: 3\nstages:\n  diffusion: {max_steps: 3}\n")
     return root
 
 
@@ -111,6 +111,58 @@ def test_wrong_type_fails_naming_the_key(capsys, command, override, message):
     assert message in error_line(capsys, [command, override])
 
 
+@pytest.mark.parametrize("command,override,message", [
+    ("sample", "num_samples=0", "num_samples=0: must be >= 1"),
+    ("sample", "strength=1.5", "strength=1.5: must be in [0, 1]"),
+    ("sample", "guidance_scale=inf", "guidance_scale=inf: must be finite"),
+    ("train", "trainer.lr=-1", "trainer.lr=-1.0: must be > 0 and finite"),
+    ("train", "trainer.grad_accum=0", "trainer.grad_accum=0: must be >= 1"),
+])
+def test_out_of_range_values_fail_naming_the_key(capsys, command, override, message):
+    assert message in error_line(capsys, [command, override])
+
+
+def test_stage_overrides_are_typed_and_range_checked_before_anything_trains(capsys, fake_tree, monkeypatch):
+    monkeypatch.setenv("MLDM_CONFIG_DIR", str(fake_tree))
+    base = ["train", "experiment=fake_tiny", "--show-config"]
+    assert "stages.diffusion.max_steps: expected int, got 'many'" in error_line(
+        capsys, base + ["stages.diffusion.max_steps=many"])
+    assert "stages.diffusion.batch_size=-3: must be >= 1" in error_line(capsys, base + ["stages.diffusion.batch_size=-3"])
+    assert "unknown key 'stages.diffusion.lrr'" in error_line(capsys, base + ["stages.diffusion.lrr=1"])
+
+
+def _raises_wrapped_user_error(cfg):
+    from hydra.errors import InstantiationException
+
+    from shared.errors import DataError
+    try:
+        raise DataError("data/cat.png: cannot read image (truncated)")
+    except DataError as error:
+        raise InstantiationException("Error in call to target 'x.build':\nfull_key: modality") from error
+
+
+def _raises_a_bug(cfg):
+    return None.missing
+
+
+@pytest.mark.parametrize("engine,code,expected", [
+    (_raises_wrapped_user_error, 2, "mldm sample: error: data/cat.png: cannot read image (truncated)"),
+    (_raises_a_bug, 1, "mldm sample: internal error: AttributeError: 'NoneType' object has no attribute 'missing' "
+                       "(a bug in mldm; rerun with --debug"),
+])
+def test_errors_are_one_line_and_debug_shows_the_traceback(capsys, fake, monkeypatch, engine, code, expected):
+    monkeypatch.setitem(globals(), "record", engine)
+    argv = ["sample", "experiment=fake_tiny"]
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(expected), err
+    with pytest.raises(Exception):
+        cli.main(argv + ["--debug"])
+    monkeypatch.setenv("MLDM_DEBUG", "1")
+    with pytest.raises(Exception):
+        cli.main(argv)
+
+
 def test_unknown_option_lists_available(capsys):
     err = error_line(capsys, ["train", "schedule=nope"])
     assert "schedule/nope" in err and "cosine" in err
@@ -149,7 +201,7 @@ def test_modality_message_lists_presets(capsys, fake):
 def test_train_writes_the_run_directory(fake):
     assert cli.main(["train", "experiment=fake_tiny", "seed=3"]) == 0
     (run_dir,) = (fake / "runs").iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "logs", "samples", "config.yaml"}
+    assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "logs", "samples", "config.yaml", ".mldm.lock"}
     (cfg,) = CALLS
     assert cfg.run_dir == str(Path("runs") / run_dir.name) and cfg.seed == 3 and cfg.modality.name == "fake"
     assert OmegaConf.load(run_dir / "config.yaml") == cfg

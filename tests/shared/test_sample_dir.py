@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from shared.io.sample_dir import read_arrays, read_index, sample_file_names, write_sample_dir
+from shared.errors import NonFiniteSamples, RunDirError
+from shared.io.sample_dir import (MANIFEST_FILE, add_to_sample_dir, overwriting, read_arrays, read_index,
+                                  sample_file_names, write_sample_dir)
 
 
 def test_writes_files_arrays_previews_and_an_index_naming_each_file(tmp_path):
@@ -19,11 +21,52 @@ def test_writes_files_arrays_previews_and_an_index_naming_each_file(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_a_second_export_removes_the_sample_files_it_does_not_rewrite(tmp_path):
+def _listing(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_a_directory_of_mldms_own_files_is_replaced_whole(tmp_path):
+    out = tmp_path / "out"
+    write_sample_dir(out, [(n, b"x") for n in sample_file_names(3, ".txt")], [{}] * 3, {})
+    write_sample_dir(out, [(n, b"y") for n in sample_file_names(1, ".txt")], [{}], {})
+    assert _listing(out) == [MANIFEST_FILE, "000000.txt", "samples.jsonl", "samples.npz"]
+    assert (out / "000000.txt").read_bytes() == b"y"
+    assert _listing(tmp_path) == ["out"]  # no staging or retired directory left beside it
+
+
+def test_a_users_files_are_never_lost(tmp_path):
+    """The issue's case: a user's folder with photo.png and an old samples.jsonl listing it."""
+    (tmp_path / "photo.png").write_bytes(b"mine")
+    (tmp_path / "000001.png").write_bytes(b"mine too")
+    (tmp_path / "samples.jsonl").write_text(json.dumps({"file": "photo.png"}) + "\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    files = [(n, b"new") for n in sample_file_names(2, ".png")]
+    with pytest.raises(RunDirError, match="holds files mldm did not write .*overwrite=true"):
+        write_sample_dir(tmp_path, files, [{}] * 2, {})
+    with overwriting(True), pytest.raises(RunDirError, match="000001.png: not written by mldm"):
+        write_sample_dir(tmp_path, files, [{}] * 2, {})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_overwrite_replaces_only_mldms_own_files(tmp_path):
     write_sample_dir(tmp_path, [(n, b"x") for n in sample_file_names(3, ".txt")], [{}] * 3, {})
     (tmp_path / "notes.md").write_text("mine")
-    write_sample_dir(tmp_path, [(n, b"y") for n in sample_file_names(1, ".txt")], [{}], {})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.txt", "notes.md", "samples.jsonl", "samples.npz"]
+    with pytest.raises(RunDirError, match=r"\(notes.md\)"):
+        write_sample_dir(tmp_path, [(n, b"y") for n in sample_file_names(1, ".txt")], [{}], {})
+    with overwriting(True):
+        write_sample_dir(tmp_path, [(n, b"y") for n in sample_file_names(1, ".txt")], [{}], {})
+    assert _listing(tmp_path) == [MANIFEST_FILE, "000000.txt", "notes.md", "samples.jsonl", "samples.npz"]
+    assert (tmp_path / "notes.md").read_text() == "mine"
+    with overwriting(True):
+        add_to_sample_dir(tmp_path, "metrics.json", "{}")  # listed as mldm's: the next write may replace it
+        write_sample_dir(tmp_path, [("a", b"")], [{}], {})
+    assert "metrics.json" not in _listing(tmp_path) and "notes.md" in _listing(tmp_path)
+
+
+def test_non_finite_samples_are_never_written(tmp_path):
+    with pytest.raises(NonFiniteSamples, match="1 of 3 samples have non-finite 'x' values; nothing was written"):
+        write_sample_dir(tmp_path / "out", [(None, None)] * 3, [{}] * 3, {"x": np.array([[0.0], [np.nan], [1.0]])})
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_directories_are_named(tmp_path):

@@ -30,6 +30,7 @@ TOY_MODALITY = """stages:
       nan_at_step: -1
       step_delay: 0.0
       dropout: 0.1
+      nan_every: 0
 """
 TOY_EXPERIMENT = """# @package _global_
 defaults:
@@ -98,6 +99,16 @@ def test_nan_guard_stops_keeps_last_good_checkpoint(env, tmp_path):
     assert kept[-1].name == "step_00000020.json"
     tensors, _ = load_checkpoint(kept[-1])
     assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_nan_in_the_data_is_blamed_on_the_data_not_the_learning_rate(env, tmp_path):
+    run_dir = tmp_path / "run"
+    out = run(env, "train", "experiment=toy", f"run_dir={run_dir}", "modality.stages.diffusion.build.nan_every=16")
+    assert out.returncode == 2, out.stderr
+    error = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and "the training data holds NaN/inf: batch['x'] of the batch at step 0 (dataset items" \
+        in error[0] and "trainer.lr" not in out.stderr, out.stderr
+    assert not run_dir.exists(), "a start that failed before any checkpoint leaves no run directory"
 
 
 def test_config_errors_name_the_key(env, tmp_path):

@@ -27,17 +27,20 @@ class FourierMLP(nn.Module):
 
 
 class ToyTask:
-    """Stage 'diffusion' of a toy modality; ``nan_at_step`` and ``step_delay`` exist for the engine tests.
+    """Stage 'diffusion' of a toy modality; ``nan_at_step``, ``nan_every`` and ``step_delay`` exist for the
+    engine tests.
 
     Dropout draws from the global RNG, which the loop reseeds per (step, rank): exact on resume, but
     rank-dependent, so the DDP-equivalence test turns it off."""
 
     def __init__(self, cfg=None, run_dir=None, device="cpu", num_examples=2048,
-                 nan_at_step=-1, step_delay=0.0, dropout=0.1):
+                 nan_at_step=-1, step_delay=0.0, dropout=0.1, nan_every=0):
         self.name = "diffusion"  # the runner names it from the stage declaration
         g = torch.Generator().manual_seed(0)
         angles = 2 * math.pi * torch.randint(0, 4, (num_examples,), generator=g) / 4
         self.data = torch.stack([angles.cos(), angles.sin()], 1) + 0.1 * torch.randn(num_examples, 2, generator=g)
+        if nan_every:  # corrupt data, as a NaN in a user's file would be
+            self.data[::nan_every, 1] = float("nan")
         torch.manual_seed(0)
         self.denoiser = Denoiser(FourierMLP(dropout=dropout), CosineSchedule(), VPrediction())
         self.loss = DenoisingScoreMatching()
