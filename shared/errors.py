@@ -39,5 +39,5 @@ def find_user_error(error: BaseException) -> UserError | None:
         if isinstance(error, UserError):
             return error
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return None

@@ -171,10 +171,10 @@ def _report(command: str, error: Exception) -> int:
 def _builtin_user_error(error: BaseException) -> Exception | None:
     """A ValueError (a bad value: e.g. a config option a builder rejects) or an OSError (a missing file, a
     full disk), here or among the causes hydra's ``instantiate`` wraps, counts as the user's."""
-    while error is not None:
-        if isinstance(error, (ValueError, OSError)):
+    for _ in range(20):  # a chain of causes, explicitly raised `from`
+        if error is None or isinstance(error, (ValueError, OSError)):
             return error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return None
 
 

@@ -1,8 +1,6 @@
 """The contract every modality preset honours through the CLI, one row per preset: every stage the preset
 declares trains (two steps), `mldm sample` writes the sample directory, `mldm evaluate` judges it, and a
 finished run resumes to nothing. Stage names come from the preset itself; adding a modality adds a row."""
-import contextlib
-import io
 import json
 import os
 import re
@@ -16,7 +14,6 @@ from PIL import Image
 import pytest
 
 from shared.cli.config import build_config
-from shared.cli.main import main
 from shared.io.sample_dir import read_index
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,15 +39,6 @@ def mldm(*args, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def mldm_here(*args):
-    """``mldm`` in this process: for the checks that need no fresh interpreter (no kill, no resume), it saves
-    each call the ~6 s of importing torch, diffusers and transformers again."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return subprocess.CompletedProcess(["mldm", *args], code, out.getvalue(), err.getvalue())
 
 
 def two_steps_per_stage(preset: list[str]) -> tuple[list[str], list[str]]:
@@ -89,7 +77,7 @@ def sampled(trained, tmp_path_factory):
     return out
 
 
-def test_sample_writes_the_sample_directory_and_evaluate_judges_it(trained, sampled):
+def test_sample_writes_the_sample_directory_and_evaluate_judges_it(trained, sampled, mldm_here):
     name, _, run_dir = trained
     records = read_index(sampled)
     assert len(records) == 3 and all(r["file"] is None or (sampled / r["file"]).is_file() for r in records)
@@ -109,7 +97,7 @@ def test_a_finished_run_resumes_to_nothing(trained):
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").rglob("*")} == before
 
 
-def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, sampled, tmp_path):
+def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, sampled, tmp_path, mldm_here):
     """The same seed drawn in one batch of 3 and in batches of 2 + 1 gives the same samples."""
     name, _, run_dir = trained
     done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=3", "steps=3", "seed=7", "batch_size=2",
@@ -138,7 +126,7 @@ def test_export_chain_writes_a_gif_of_sample_0s_denoising_trajectory(trained, sa
         assert not np.array_equal(first, np.asarray(gif.convert("RGB"))), f"{name}: the chain does not move"
 
 
-def test_evaluate_nll_reports_bits_per_dim_as_the_sum_of_its_parts(trained, tmp_path):
+def test_evaluate_nll_reports_bits_per_dim_as_the_sum_of_its_parts(trained, tmp_path, mldm_here):
     name, _, run_dir = trained
     done = mldm_here("evaluate", f"run_dir={run_dir}", "nll=true", "num_samples=4", "nll_steps=5", "split=train",
                      f"out_dir={tmp_path}")
@@ -150,7 +138,7 @@ def test_evaluate_nll_reports_bits_per_dim_as_the_sum_of_its_parts(trained, tmp_
     assert metrics["prior_bpd"] >= 0.0 and metrics["diffusion_bpd"] >= 0.0  # a KL and a sum of squares
 
 
-def test_damaged_checkpoints_users_files_and_diverged_sampling_lose_nothing(trained, tmp_path):
+def test_damaged_checkpoints_users_files_and_diverged_sampling_lose_nothing(trained, tmp_path, mldm_here):
     """A damaged newest checkpoint (truncated weights; weights without their JSON) is named and the newest
     sound one used; an out_dir holding a user's file is refused untouched; a guidance scale that makes
     sampling diverge is named and nothing is written."""

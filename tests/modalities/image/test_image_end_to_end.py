@@ -45,8 +45,8 @@ def test_training_writes_the_run_directory_and_the_autoencoder_learns(run_dir):
     assert (preview / "grid.png").exists() and len(list(preview.glob("0*.png"))) == 9
 
 
-def test_sample_writes_the_sample_directory_contract(run_dir, tmp_path):
-    out = mldm("sample", f"run_dir={run_dir}", "num_samples=5", "steps=3", f"out_dir={tmp_path}",
+def test_sample_writes_the_sample_directory_contract(run_dir, tmp_path, mldm_here):
+    out = mldm_here("sample", f"run_dir={run_dir}", "num_samples=5", "steps=3", f"out_dir={tmp_path}",
                "prompt=a red circle", "guidance_scale=2.0")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -56,30 +56,30 @@ def test_sample_writes_the_sample_directory_contract(run_dir, tmp_path):
     assert arrays["images"].shape == (5, 32, 32, 3) and arrays["images"].dtype == np.uint8
 
 
-def test_evaluate_prints_the_metric_line_for_samples_and_for_data(run_dir, tmp_path):
-    out = mldm("evaluate", f"run_dir={run_dir}", "num_samples=9", "steps=2", f"out_dir={tmp_path}")
+def test_evaluate_prints_the_metric_line_for_samples_and_for_data(run_dir, tmp_path, mldm_here):
+    out = mldm_here("evaluate", f"run_dir={run_dir}", "num_samples=9", "steps=2", f"out_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"valid_rate", "prompt_accuracy", "n"} <= set(metrics) and metrics["n"] == 9
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 9
-    out = mldm("evaluate", "experiment=image_tiny", "source=data", "split=test", "num_samples=300",
+    out = mldm_here("evaluate", "experiment=image_tiny", "source=data", "split=test", "num_samples=300",
                f"out_dir={tmp_path / 'data'}")
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     assert metrics["n"] == 300 and metrics["valid_rate"] >= 0.97 and metrics["prompt_accuracy"] >= 0.97
 
 
-def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path):
+def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path, mldm_here):
     run = tmp_path / "run"
     out = mldm("train", *TINY, "modality=image_labels", "autoencoder=vq_f4_tiny", f"run_dir={run}")
     assert out.returncode == 0, out.stderr[-4000:]
-    out = mldm("sample", f"run_dir={run}", "num_samples=9", "steps=2", f"out_dir={tmp_path / 's'}")
+    out = mldm_here("sample", f"run_dir={run}", "num_samples=9", "steps=2", f"out_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"] for r in records) == [str(i) for i in range(9)]  # one per class label
 
 
-def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path):
+def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path, mldm_here):
     """Sampling without prompt= draws the training captions; an image folder has no num_samples or split."""
     from PIL import Image
 
@@ -94,11 +94,11 @@ def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path)
     out = mldm("train", *tiny, "data=image_folder", f"data.root={folder}", "stages.autoencoder.max_steps=2",
                "stages.diffusion.max_steps=2", "trainer.sample_every=0", f"run_dir={run}")
     assert out.returncode == 0, out.stderr[-4000:]
-    out = mldm("sample", f"run_dir={run}", "num_samples=4", "steps=2", f"out_dir={tmp_path / 's'}")
+    out = mldm_here("sample", f"run_dir={run}", "num_samples=4", "steps=2", f"out_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["a blue square", "a red circle"] * 2
-    out = mldm("evaluate", f"run_dir={run}", "source=data", "num_samples=5", f"out_dir={tmp_path / 'd'}")
+    out = mldm_here("evaluate", f"run_dir={run}", "source=data", "num_samples=5", f"out_dir={tmp_path / 'd'}")
     assert out.returncode == 0, out.stderr[-4000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["n"] == 5
 
@@ -110,7 +110,7 @@ def _write_png(path, array):
     return path
 
 
-def test_img2img_and_inpainting_from_the_command_line(run_dir, tmp_path):
+def test_img2img_and_inpainting_from_the_command_line(run_dir, tmp_path, mldm_here):
     """init= with a small strength stays near the image whatever the seed; a mask keeping everything returns the
     init's own latent (so every seed gives the same image); options a modality lacks, or half-given, are errors."""
     image = np.zeros((32, 32, 3), np.uint8)
@@ -120,7 +120,7 @@ def test_img2img_and_inpainting_from_the_command_line(run_dir, tmp_path):
 
     def images(*args, seed=0):
         out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
-        done = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "steps=4", f"seed={seed}", f"out_dir={out}",
+        done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=2", "steps=4", f"seed={seed}", f"out_dir={out}",
                     "prompt=a red square", *args)
         assert done.returncode == 0, done.stderr[-3000:]
         return np.load(out / "samples.npz")["images"].astype(np.float64)
@@ -133,5 +133,5 @@ def test_img2img_and_inpainting_from_the_command_line(run_dir, tmp_path):
     for args, message in ((["mask=x.png"], "give the image with init="), (["partial=x.ply"], "does not take partial="),
                           ([f"init={tmp_path / 'nope.png'}", "strength=0.5"], "nope.png: no such image file"),
                           ([f"init={init}"], "give strength=S below 1")):
-        done = mldm("sample", f"run_dir={run_dir}", "num_samples=1", "steps=2", f"out_dir={tmp_path / 'err'}", *args)
+        done = mldm_here("sample", f"run_dir={run_dir}", "num_samples=1", "steps=2", f"out_dir={tmp_path / 'err'}", *args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr[-2000:])

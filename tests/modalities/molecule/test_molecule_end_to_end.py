@@ -67,8 +67,8 @@ def test_a_fresh_run_is_a_function_of_the_seed(molecule_run, tmp_path):
     assert first == again
 
 
-def test_sample_and_evaluate_follow_the_contract(molecule_run, tmp_path):
-    out = mldm("sample", f"run_dir={molecule_run}", "num_samples=5", "steps=4", f"out_dir={tmp_path}",
+def test_sample_and_evaluate_follow_the_contract(molecule_run, tmp_path, mldm_here):
+    out = mldm_here("sample", f"run_dir={molecule_run}", "num_samples=5", "steps=4", f"out_dir={tmp_path}",
                "export.chain=true")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -79,44 +79,44 @@ def test_sample_and_evaluate_follow_the_contract(molecule_run, tmp_path):
     sdf = Chem.SDMolSupplier(str(tmp_path / "samples.sdf"), removeHs=False, sanitize=False)
     assert [m.GetNumAtoms() for m in sdf] == arrays["num_atoms"].tolist()
     assert (tmp_path / "grid.png").exists() and (tmp_path / "chain.gif").exists()
-    metrics = last_json(mldm("evaluate", f"run_dir={molecule_run}", f"samples_dir={tmp_path}"))
+    metrics = last_json(mldm_here("evaluate", f"run_dir={molecule_run}", f"samples_dir={tmp_path}"))
     assert metrics["n"] == 5
     assert {"atom_stability", "mol_stability", "validity", "uniqueness", "novelty"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("atom_stability", "mol_stability", "validity"))
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 5
 
 
-def test_data_row_of_the_subset(tmp_path):
-    metrics = last_json(mldm("evaluate", "experiment=molecule_qm9_tiny", "source=data", "split=val",
+def test_data_row_of_the_subset(tmp_path, mldm_here):
+    metrics = last_json(mldm_here("evaluate", "experiment=molecule_qm9_tiny", "source=data", "split=val",
                              f"out_dir={tmp_path}"))
     assert metrics["n"] == 500 and metrics["split"] == "val"
     # QM9's own molecules under EDM's bond rule (all of QM9: atom 0.994, molecule 0.953)
     assert metrics["atom_stability"] > 0.98 and metrics["mol_stability"] > 0.9 and metrics["validity"] > 0.95
 
 
-def test_property_conditional_self_conditioned_training_and_prompted_sampling(tmp_path):
+def test_property_conditional_self_conditioned_training_and_prompted_sampling(tmp_path, mldm_here):
     """CFG on a self-conditioned prior: both guidance branches are fed their previous estimates."""
     run_dir = tmp_path / "run"
     out = mldm("train", *TINY, "modality.conditioning.properties=[alpha]", "stages.autoencoder.max_steps=5",
                "stages.diffusion.max_steps=5", "trainer.sample_every=0", "guidance=cfg", "guidance.scale=2.0",
                "backbone.self_conditioning=true", f"run_dir={run_dir}")
     assert out.returncode == 0, out.stderr[-4000:]
-    out = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "steps=3", "prompt=alpha:70.0",
+    out = mldm_here("sample", f"run_dir={run_dir}", "num_samples=2", "steps=3", "prompt=alpha:70.0",
                f"out_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
     assert [r["properties"] for r in records] == [{"alpha": 70.0}] * 2
-    out = mldm("sample", f"run_dir={run_dir}", "num_samples=2", "prompt=gap:3", f"out_dir={tmp_path / 'x'}")
+    out = mldm_here("sample", f"run_dir={run_dir}", "num_samples=2", "prompt=gap:3", f"out_dir={tmp_path / 'x'}")
     assert out.returncode == 2 and "alpha" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_prompt_for_an_unconditional_run_is_one_clear_error(molecule_run, tmp_path):
-    out = mldm("sample", f"run_dir={molecule_run}", "num_samples=2", "prompt='alpha=70'", f"out_dir={tmp_path}")
+def test_prompt_for_an_unconditional_run_is_one_clear_error(molecule_run, tmp_path, mldm_here):
+    out = mldm_here("sample", f"run_dir={molecule_run}", "num_samples=2", "prompt='alpha=70'", f"out_dir={tmp_path}")
     assert out.returncode == 2 and "unconditional" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_incomplete_sample_directory_is_one_clear_error(molecule_run, tmp_path):
-    out = mldm("evaluate", f"run_dir={molecule_run}", f"samples_dir={tmp_path}")
+def test_incomplete_sample_directory_is_one_clear_error(molecule_run, tmp_path, mldm_here):
+    out = mldm_here("evaluate", f"run_dir={molecule_run}", f"samples_dir={tmp_path}")
     assert out.returncode == 2 and str(tmp_path) in out.stderr and "Traceback" not in out.stderr
 
 
@@ -130,11 +130,11 @@ H 2.20517 -0.34584 -0.00202
 """
 
 
-def test_fragment_conditioned_sampling_keeps_the_given_atoms(molecule_run, tmp_path):
+def test_fragment_conditioned_sampling_keeps_the_given_atoms(molecule_run, tmp_path, mldm_here):
     fragment = tmp_path / "fragment.xyz"
     fragment.write_text(ACETIC_ACID_WITHOUT_METHYL_HYDROGENS)
     given = np.array([line.split()[1:] for line in ACETIC_ACID_WITHOUT_METHYL_HYDROGENS.splitlines()[2:]], float)
-    out = mldm("sample", f"run_dir={molecule_run}", "num_samples=3", "steps=4", f"partial={fragment}",
+    out = mldm_here("sample", f"run_dir={molecule_run}", "num_samples=3", "steps=4", f"partial={fragment}",
                f"out_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
@@ -147,14 +147,14 @@ def test_fragment_conditioned_sampling_keeps_the_given_atoms(molecule_run, tmp_p
                            np.linalg.norm(given[:, None] - given[None], axis=-1), atol=1e-4)
         assert arrays["atom_types"][start:start + 5].tolist() == [1, 1, 3, 3, 0]  # C C O O H
         assert record["fragment_atoms"] == 5 and record["fragment_rmsd"] >= 0.0
-    fixed = mldm("sample", f"run_dir={molecule_run}", "num_samples=2", "steps=2", f"partial={fragment}",
+    fixed = mldm_here("sample", f"run_dir={molecule_run}", "num_samples=2", "steps=2", f"partial={fragment}",
                  "modality.fragment.num_atoms=8", f"out_dir={tmp_path / 'fixed'}")
     assert fixed.returncode == 0, fixed.stderr[-4000:]
     assert np.load(tmp_path / "fixed" / "samples.npz")["num_atoms"].tolist() == [8, 8]
 
 
-def test_a_file_of_several_fragments_is_one_clear_error(molecule_run, tmp_path):
+def test_a_file_of_several_fragments_is_one_clear_error(molecule_run, tmp_path, mldm_here):
     fragment = tmp_path / "fragments.xyz"
     fragment.write_text(ACETIC_ACID_WITHOUT_METHYL_HYDROGENS * 2)
-    out = mldm("sample", f"run_dir={molecule_run}", "num_samples=2", f"partial={fragment}", f"out_dir={tmp_path / 's'}")
+    out = mldm_here("sample", f"run_dir={molecule_run}", "num_samples=2", f"partial={fragment}", f"out_dir={tmp_path / 's'}")
     assert out.returncode == 2 and "give one fragment" in out.stderr and "Traceback" not in out.stderr

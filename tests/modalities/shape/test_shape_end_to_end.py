@@ -94,33 +94,33 @@ def test_pointcloud_training_runs_all_three_stages_and_the_autoencoder_learns(po
     assert (preview / "preview.png").exists() and len(list(preview.glob("*.ply"))) == 5
 
 
-def test_pointcloud_sample_and_evaluate_follow_the_contract(pointcloud_run, tmp_path):
-    out = mldm("sample", f"run_dir={pointcloud_run}", "num_samples=6", "steps=3", f"out_dir={tmp_path}",
+def test_pointcloud_sample_and_evaluate_follow_the_contract(pointcloud_run, tmp_path, mldm_here):
+    out = mldm_here("sample", f"run_dir={pointcloud_run}", "num_samples=6", "steps=3", f"out_dir={tmp_path}",
                "prompt=torus", "guidance_scale=2.0")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["prompt"] == "torus" and r["label"] == 4 and "seed" in r for r in records)
     assert all((tmp_path / r["file"]).exists() for r in records) and (tmp_path / "preview.png").exists()
     assert np.load(tmp_path / "samples.npz")["points"].shape == (6, 512, 3)
-    metrics = last_json(mldm("evaluate", f"run_dir={pointcloud_run}", f"samples_dir={tmp_path}"))
+    metrics = last_json(mldm_here("evaluate", f"run_dir={pointcloud_run}", f"samples_dir={tmp_path}"))
     assert metrics["n"] == 6 and 0.0 <= metrics["1-NNA-CD"] <= 1.0 and 0.0 <= metrics["class_agreement"] <= 1.0
     assert {"MMD-CD", "COV-CD", "1-NNA-EMD", "MMD-EMD", "COV-EMD"} <= set(metrics)
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 6
 
 
-def test_unknown_class_is_one_clear_error(pointcloud_run, tmp_path):
-    out = mldm("sample", f"run_dir={pointcloud_run}", "num_samples=2", "prompt=teapot", f"out_dir={tmp_path}")
+def test_unknown_class_is_one_clear_error(pointcloud_run, tmp_path, mldm_here):
+    out = mldm_here("sample", f"run_dir={pointcloud_run}", "num_samples=2", "prompt=teapot", f"out_dir={tmp_path}")
     assert out.returncode == 2 and "prompt='teapot'" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_shape_completion_keeps_the_given_points(pointcloud_run, tmp_path):
+def test_shape_completion_keeps_the_given_points(pointcloud_run, tmp_path, mldm_here):
     from modalities.shape.data import Primitives
 
     full = Primitives(num_samples=1, num_points=512, split="test", cache_dir=None)[0]["points"].numpy()
     partial = full[full[:, 0] < 0]  # the half of the shape with x < 0
     path = tmp_path / "half.xyz"
     np.savetxt(path, partial)
-    out = mldm("sample", f"run_dir={pointcloud_run}", "num_samples=3", "steps=3", f"partial={path}",
+    out = mldm_here("sample", f"run_dir={pointcloud_run}", "num_samples=3", "steps=3", f"partial={path}",
                f"out_dir={tmp_path / 'done'}")
     assert out.returncode == 0, out.stderr[-4000:]
     points = np.load(tmp_path / "done" / "samples.npz")["points"]
@@ -148,31 +148,31 @@ def test_completion_inpaints_latent_points_around_the_known_ones_exactly(pointcl
         complete(pipeline, partial[:2], torch.tensor([0]), steps=3, seed=0, source="tiny.xyz")
 
 
-def test_bad_partial_file_is_one_clear_error(pointcloud_run, tmp_path):
+def test_bad_partial_file_is_one_clear_error(pointcloud_run, tmp_path, mldm_here):
     path = tmp_path / "broken.xyz"
     path.write_text("1 2\n3 4\n")
-    out = mldm("sample", f"run_dir={pointcloud_run}", "num_samples=1", f"partial={path}", f"out_dir={tmp_path}")
+    out = mldm_here("sample", f"run_dir={pointcloud_run}", "num_samples=1", f"partial={path}", f"out_dir={tmp_path / 's'}")
     assert out.returncode == 2 and str(path) in out.stderr and "Traceback" not in out.stderr
 
 
-def test_sdf_training_sampling_and_evaluation(sdf_run, tmp_path):
+def test_sdf_training_sampling_and_evaluation(sdf_run, tmp_path, mldm_here):
     l1 = losses(sdf_run, "autoencoder", "l1")
     first, last = sum(l1[:2]) / 2, sum(l1[-2:]) / 2  # logged every 5 steps; 6 seeds: last/first 0.38-0.46
     assert last < 0.8 * first, f"SDF L1 did not fall: {l1}"
     assert sorted((sdf_run / "checkpoints" / "diffusion").glob("step_*.json"))
-    out = mldm("sample", f"run_dir={sdf_run}", "num_samples=3", "steps=3", f"out_dir={tmp_path}")
+    out = mldm_here("sample", f"run_dir={sdf_run}", "num_samples=3", "steps=3", f"out_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 3 and (tmp_path / "preview.png").exists()
     assert all(r.get("empty") or (tmp_path / r["file"]).suffix == ".obj" for r in records)
     assert np.load(tmp_path / "samples.npz")["points"].shape == (3, 512, 3)
-    metrics = last_json(mldm("evaluate", f"run_dir={sdf_run}", f"samples_dir={tmp_path}"))
+    metrics = last_json(mldm_here("evaluate", f"run_dir={sdf_run}", f"samples_dir={tmp_path}"))
     assert 0.0 <= metrics["watertight"] <= 1.0 and metrics["chamfer_to_train"] >= 0 and metrics["n"] == 3
     assert OmegaConf.load(sdf_run / "config.yaml").modality.mesh.resolution == 24
 
 
-def test_data_row_of_two_independent_draws_is_near_chance(tmp_path):
-    metrics = last_json(mldm("evaluate", "experiment=pointcloud_tiny", "source=data", "split=test",
+def test_data_row_of_two_independent_draws_is_near_chance(tmp_path, mldm_here):
+    metrics = last_json(mldm_here("evaluate", "experiment=pointcloud_tiny", "source=data", "split=test",
                              "num_samples=40", "data.num_points=256", "modality.evaluation.emd_points=64",
-                             f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path}"))
+                             f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'eval'}"))
     assert metrics["n"] == 40 and 0.3 <= metrics["1-NNA-CD"] <= 0.7, metrics
