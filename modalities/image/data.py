@@ -14,6 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.io.data_errors import data_error, describe, excerpt, non_finite_rows, reason_of
+from shared.errors import DataError
+from shared.io.skipped_inputs import report_skipped
+
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue")
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
@@ -161,8 +165,16 @@ class Shapes2D(torch.utils.data.Dataset):
                 "label": label, "index": self.offset + int(position)}
 
 
-class BadImageError(ValueError):
-    """A file with an image suffix that PIL cannot read."""
+class BadImageError(DataError):
+    """A file with an image suffix that PIL cannot read (or whose float pixels are NaN/inf)."""
+
+
+def _check_pixels(image: Image.Image, path: Path) -> None:
+    """Float images (mode "F", e.g. TIFF) convert NaN/inf to arbitrary bytes without a word: refuse them."""
+    if image.mode == "F":
+        problem = non_finite_rows(np.asarray(image), "pixel rows")
+        if problem is not None:
+            raise BadImageError(f"{path}: non-finite pixel values: {problem}")
 
 
 def _check_image(path: Path) -> None:
@@ -171,8 +183,25 @@ def _check_image(path: Path) -> None:
             image.verify()              # structure / checksums, without decoding
         with Image.open(path) as image:
             image.load()                # a real decode: truncated data fails here
+            _check_pixels(image, path)
+    except BadImageError:
+        raise
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
-        raise BadImageError(f"cannot read image {path}: {exc}") from exc
+        raise BadImageError(f"{path}: cannot read image ({describe(exc)})") from exc
+
+
+def _load_pixels(path: Path, size: int, mode: str) -> np.ndarray:
+    """uint8 [size, size(, 3)] of one file, resized and centre-cropped; any decoding failure names the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            _check_pixels(image, path)
+            image = resize_center_crop(image.convert(mode), size)
+        return np.asarray(image, dtype=np.uint8).copy()
+    except BadImageError:
+        raise
+    except Exception as exc:  # PIL raises many types
+        raise BadImageError(f"{path}: cannot read image ({describe(exc)})") from exc
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -191,13 +220,25 @@ def read_image(path, size: int, grayscale: bool = False) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            image = resize_center_crop(image.convert("L" if grayscale else "RGB"), size)
-    except Exception as exc:  # PIL raises many types
-        raise BadImageError(f"cannot read image {path}: {exc}") from exc
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    pixels = torch.from_numpy(_load_pixels(path, size, "L" if grayscale else "RGB"))
     return uint8_to_float(pixels[None] if grayscale else pixels.permute(2, 0, 1))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise data_error(path, f"not UTF-8 text ({describe(exc)})") from exc
+
+
+def _caption_entry(line: str, index_file: Path, number: int) -> tuple[str, str]:
+    """(file relative to the root, caption) of one ``captions.jsonl`` line."""
+    try:
+        entry = json.loads(line)
+        return Path(entry["file"]).as_posix(), str(entry["caption"])
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+        raise DataError(f"{index_file}:{number}: expected "
+                        f'{{"file": ..., "caption": ...}}, got {excerpt(line)}') from exc
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -209,8 +250,9 @@ class ImageFolder(torch.utils.data.Dataset):
     ``cat.png.txt`` for ``cat.png``); otherwise the caption is ``""``. Labels are -1.
 
     With ``verify`` (default) every file is opened and decoded at construction, so training never
-    meets a bad file mid-run: a bad file raises ``BadImageError`` naming it, or with ``skip_bad`` is
-    left out and listed in ``self.skipped`` (``self.num_skipped`` counts them).
+    meets a bad file mid-run: a bad file raises ``BadImageError`` (a ``DataError``) naming it, or with
+    ``skip_bad`` is left out, listed in ``self.skipped`` (``self.num_skipped`` counts them) and reported
+    (``shared.io.skipped_inputs``). A bad caption file raises ``DataError`` naming it and the line.
     """
 
     def __init__(self, root, size: int = 32, skip_bad: bool = False, verify: bool = True):
@@ -223,17 +265,20 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.root}")
         self.files: list[Path] = []
         self.skipped: list[Path] = []
+        reasons = []
         for path in candidates:
             try:
                 if verify:
                     _check_image(path)
                 self.files.append(path)
-            except BadImageError:
+            except BadImageError as exc:
                 if not skip_bad:
                     raise
                 self.skipped.append(path)
+                reasons.append((path, reason_of(exc, path)))
+        report_skipped(self.root, reasons)
         if not self.files:
-            raise FileNotFoundError(f"no readable images under {self.root} ({len(self.skipped)} skipped)")
+            raise data_error(self.root, f"no readable images ({len(self.skipped)} skipped)")
         self.captions = self._read_captions()
 
     @property
@@ -243,21 +288,15 @@ class ImageFolder(torch.utils.data.Dataset):
     def _read_captions(self) -> list[str]:
         listed: dict[str, str] = {}
         index_file = self.root / "captions.jsonl"
-        if index_file.exists():
-            for number, line in enumerate(index_file.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    listed[Path(entry["file"]).as_posix()] = str(entry["caption"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{index_file}:{number}: expected "
-                                     f'{{"file": ..., "caption": ...}}, got {line!r}') from exc
+        if index_file.is_file():
+            for number, line in enumerate(_read_text(index_file).splitlines(), 1):
+                if line.strip():
+                    file, caption = _caption_entry(line, index_file, number)
+                    listed[file] = caption
             known = {p.relative_to(self.root).as_posix() for p in self.files + self.skipped}
             unknown = sorted(set(listed) - known)
             if unknown:
-                raise ValueError(f"{index_file} lists files that are not images under {self.root}: "
-                                 f"{unknown[:5]}")
+                raise data_error(index_file, f"lists files that are not images under {self.root}: {unknown[:5]}")
         captions = []
         for path in self.files:
             relative = path.relative_to(self.root).as_posix()
@@ -266,7 +305,7 @@ class ImageFolder(torch.utils.data.Dataset):
             if relative in listed:
                 captions.append(listed[relative])
             elif sidecar is not None:
-                captions.append(sidecar.read_text(encoding="utf-8").strip())
+                captions.append(_read_text(sidecar).strip())
             else:
                 captions.append("")
         return captions
@@ -275,13 +314,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = resize_center_crop(image.convert("RGB"), self.size)
-        except Exception as exc:
-            raise BadImageError(f"cannot read image {path}: {exc}") from exc
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels = torch.from_numpy(_load_pixels(self.files[index], self.size, "RGB")).permute(2, 0, 1)
         return {"image": uint8_to_float(pixels), "caption": self.captions[index], "label": -1,
                 "index": index if index >= 0 else index + len(self)}
 

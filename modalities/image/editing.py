@@ -1,6 +1,7 @@
 """Image editing at sampling time: img2img (SDEdit, Meng et al. 2022) with ``init=IMG strength=S`` and
 inpainting with ``mask=MASK`` (white: regenerate, black: keep), in the latent space of the run's first
-stage. The core's ``sdedit_start`` and ``Inpainting`` wrapper do the work; this module reads the files."""
+stage. The core's ``sdedit_start`` and ``Inpainting`` wrapper do the work; this module reads the files: a missing one
+raises ``FileNotFoundError`` naming it, an unreadable one ``BadImageError`` (a ``DataError``) naming it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from modalities.image.data import read_image
+from shared.errors import ConfigError
 
 
 @dataclass
@@ -24,13 +26,13 @@ def edit_start(cfg: DictConfig, first_stage, device) -> EditStart | None:
     init, mask, strength = cfg.get("init"), cfg.get("mask"), cfg.get("strength")
     if init is None:
         if mask is not None or strength is not None:
-            raise ValueError("mask= and strength= edit an image: give the image with init=IMG.png")
+            raise ConfigError("mask= and strength= edit an image: give the image with init=IMG.png")
         return None
     strength = 1.0 if strength is None else float(strength)
     if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength={strength}: must lie in (0, 1]")
+        raise ConfigError(f"strength={strength}: must lie in (0, 1]")
     if mask is None and strength == 1.0:
-        raise ValueError(f"init={init}: give strength=S below 1 (img2img: how far the image is noised) "
+        raise ConfigError(f"init={init}: give strength=S below 1 (img2img: how far the image is noised) "
                          "or mask=MASK.png (inpainting); at strength 1 without a mask the image would be unused")
     image = read_image(init, cfg.data.size)[None].to(device)
     latent = first_stage.encode_latent(image) if first_stage is not None else image

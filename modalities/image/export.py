@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.io.data_errors import data_error, describe
 from shared.io.animation import chain_preview
-from shared.io.sample_dir import ARRAYS_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
+from shared.io.sample_dir import ARRAYS_FILE, INDEX_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
 
 GRID_FILE = "grid.png"
 GRID_BORDER = 255           # white 1-px lines between tiles (shapes2d backgrounds are black)
@@ -99,6 +100,25 @@ def export_image_samples(out_dir, images, prompts=None, labels=None, seeds=None,
                             previews={GRID_FILE: lambda f: f.write(grid), **chain_preview(chain)})
 
 
+def _decode_indexed(out_dir: Path, records: list[dict]) -> np.ndarray:
+    """uint8 [N, H, W, C] of the PNG files the index names; an unreadable or odd-sized one is named."""
+    decoded = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+            raise data_error(out_dir / INDEX_FILE, f"entry {number}: names no image file")
+        path = out_dir / record["file"]
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image)
+        except Exception as exc:  # PIL raises many types
+            raise data_error(path, f"index entry {number}: cannot read image ({describe(exc)})") from exc
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if decoded and pixels.shape != decoded[0].shape:
+            raise data_error(path, f"{pixels.shape} pixels, but the first image has {decoded[0].shape}")
+        decoded.append(pixels)
+    return np.stack(decoded) if decoded else np.zeros((0, 0, 0, 3), np.uint8)
+
+
 def load_image_samples(out_dir) -> dict:
     """Read a sample directory back: ``records`` (the index lines), ``images`` uint8 [N, H, W, C],
     and ``prompts`` / ``labels`` / ``seeds`` (None where absent). Uses ``samples.npz`` when present,
@@ -108,11 +128,9 @@ def load_image_samples(out_dir) -> dict:
     if (out_dir / ARRAYS_FILE).exists():
         loaded = read_arrays(out_dir, required=("images",))
     else:
-        decoded = [np.asarray(Image.open(out_dir / r["file"])) for r in records]
-        loaded = {"images": np.stack([d[..., None] if d.ndim == 2 else d for d in decoded])
-                  if decoded else np.zeros((0, 0, 0, 3), np.uint8)}
+        loaded = {"images": _decode_indexed(out_dir, records)}
     if len(loaded["images"]) != len(records):
-        raise ValueError(f"{out_dir}: {len(records)} index lines but {len(loaded['images'])} images")
+        raise data_error(out_dir, f"{len(records)} index lines but {len(loaded['images'])} images")
 
     def from_records(key):
         if not records or any(key not in r for r in records):

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from shared.io.data_errors import data_error, describe
 from shared.io.atomic_files import atomic_savez
 
 from .elements import QM9_ELEMENTS, element_index
@@ -87,15 +88,18 @@ def qm9pack_data_dir() -> Path:
     return folder
 
 
-def _numbers(column, dtype=np.float64) -> np.ndarray:
+def _numbers(column, where, dtype=np.float64) -> np.ndarray:
     """All numbers of a column of bracketed lists (``"[[x,y,z],[...]]"``), flattened, in one pass."""
     text = ",".join(column).replace("[", "").replace("]", "")
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # numpy only warns when the text stops parsing midway
         try:
-            return np.fromstring(text, sep=",", dtype=dtype)
+            numbers = np.fromstring(text, sep=",", dtype=dtype)
         except (DeprecationWarning, ValueError) as exc:
-            raise ValueError(f"malformed numeric list in the CSV ({exc})") from None
+            raise data_error(where, f"malformed numeric list in the CSVs ({describe(exc)})") from None
+    if not np.isfinite(numbers).all():
+        raise data_error(where, "NaN/inf in a numeric list of the CSVs")
+    return numbers
 
 
 def parse_qm9pack(data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
@@ -115,18 +119,19 @@ def parse_qm9pack(data_dir: str | os.PathLike | None = None) -> dict[str, np.nda
     symbols = ",".join(frame["Elements"]).replace("[", "").replace("]", "").replace("'", "").split(",")
     unique, inverse = np.unique(np.array(symbols), return_inverse=True)
     atom_types = np.array([element_index(s) for s in unique], np.int8)[inverse]
-    positions = _numbers(frame["XYZ_Ang"]).astype(np.float32)
+    positions = _numbers(frame["XYZ_Ang"], folder).astype(np.float32)
     if len(atom_types) != total or positions.size != 3 * total:
-        raise ValueError(f"qm9pack CSVs in {folder}: {len(atom_types)} elements and {positions.size} "
+        raise data_error(folder, f"qm9pack CSVs: {len(atom_types)} elements and {positions.size} "
                          f"coordinates for {total} atoms (expected {total} and {3 * total})")
     # per-molecule element counts must equal the Stoichiometry column ([H, C, N, O, F])
     molecule_of_atom = np.repeat(np.arange(len(frame)), num_atoms)
     counts = np.bincount(molecule_of_atom * len(QM9_ELEMENTS) + atom_types,
                          minlength=len(frame) * len(QM9_ELEMENTS)).reshape(len(frame), -1)
-    stoichiometry = _numbers(frame["Stoichiometry"], np.int64).reshape(len(frame), -1)
+    stoichiometry = _numbers(frame["Stoichiometry"], folder, np.int64).reshape(len(frame), -1)
     if not np.array_equal(counts, stoichiometry):
         bad = int(np.flatnonzero((counts != stoichiometry).any(1))[0])
-        raise ValueError(f"qm9pack CSVs: molecule {frame['Index'][bad]} elements disagree with its stoichiometry")
+        raise data_error(folder, f"qm9pack CSVs: molecule {frame['Index'][bad]} elements disagree with its "
+                                 "stoichiometry")
 
     properties = np.stack([frame[column].to_numpy(np.float64) * factor
                            for column, factor, _ in PROPERTY_COLUMNS.values()], axis=1)
@@ -237,14 +242,18 @@ def load_subset(path: str | os.PathLike = SUBSET_PATH) -> tuple[dict[str, np.nda
     if not Path(path).is_file():
         raise FileNotFoundError(f"QM9 subset {path} is missing; regenerate it with "
                                 f"python -m modalities.molecule.data --make-subset {path}")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
-    meta = json.loads(str(arrays.pop("meta")))
-    arrays["positions"] = (arrays["positions"] / meta["position_scale"]).astype(np.float32)
-    arrays["num_atoms"] = arrays["num_atoms"].astype(np.int64)
-    arrays["qm9_index"] = arrays["qm9_index"].astype(np.int64)
-    split_ids = arrays.pop("split")
-    check_arrays(arrays, sorted_index=False)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        arrays["positions"] = (arrays["positions"] / meta["position_scale"]).astype(np.float32)
+        arrays["num_atoms"] = arrays["num_atoms"].astype(np.int64)
+        arrays["qm9_index"] = arrays["qm9_index"].astype(np.int64)
+        split_ids = arrays.pop("split")
+        check_arrays(arrays, sorted_index=False)
+    except Exception as exc:  # truncated zip, missing key, bad metadata, inconsistent arrays
+        raise data_error(path, f"not a valid QM9 subset ({describe(exc)}); regenerate it with "
+                               f"python -m modalities.molecule.data --make-subset {path}") from exc
     return arrays, split_ids, meta
 
 

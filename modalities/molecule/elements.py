@@ -10,4 +10,5 @@ def element_index(symbol: str, elements: tuple[str, ...] = QM9_ELEMENTS) -> int:
     try:
         return elements.index(symbol.strip().capitalize())
     except ValueError:
-        raise ValueError(f"element {symbol!r} is not in the atom vocabulary {elements}") from None
+        shown = symbol if len(symbol) <= 12 else symbol[:12] + "..."   # a garbage "symbol" may be long
+        raise ValueError(f"element {shown!r} is not in the atom vocabulary {elements}") from None

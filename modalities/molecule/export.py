@@ -6,8 +6,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from shared.io.data_errors import data_error
 from modalities.molecule.formats import chain_gif_bytes, grid_png_bytes, sdf_bytes, xyz_bytes
 from shared.io.animation import CHAIN_FILE
 from shared.io.sample_dir import ARRAYS_FILE, INDEX_FILE, read_arrays, sample_file_names, write_sample_dir
@@ -47,12 +49,17 @@ def load_molecule_samples(out_dir: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{out_dir}: not a complete molecule sample directory "
                                 f"(needs {INDEX_FILE} and {ARRAYS_FILE})")
     arrays = read_arrays(out_dir, required=("positions", "atom_types", "num_atoms"))
-    positions, atom_types, num_atoms = (torch.from_numpy(arrays[k]) for k in ("positions", "atom_types", "num_atoms"))
-    if positions.shape != (int(num_atoms.sum()), 3) or atom_types.shape != (len(positions),):
-        raise ValueError(f"{path}: positions {tuple(positions.shape)}, atom_types {tuple(atom_types.shape)} and "
+    dtypes = {"positions": np.float32, "atom_types": np.int64, "num_atoms": np.int64}
+    for key, dtype in dtypes.items():
+        if arrays[key].dtype.kind not in ("fiu" if key == "positions" else "iu"):
+            raise data_error(path, f"{key} has dtype {arrays[key].dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):   # beyond float32's range: inf, refused below
+        positions, atom_types, num_atoms = (torch.from_numpy(arrays[k].astype(t)) for k, t in dtypes.items())
+    if positions.shape != (int(num_atoms.sum()), 3) or atom_types.shape != (len(positions),) or num_atoms.ndim != 1 \
+            or (num_atoms < 0).any():
+        raise data_error(path, f"positions {tuple(positions.shape)}, atom_types {tuple(atom_types.shape)} and "
                          f"num_atoms (sum {int(num_atoms.sum())}) disagree")
     if not torch.isfinite(positions).all():
-        raise ValueError(f"{path}: positions contain NaN or inf")
-    batch = torch.repeat_interleave(torch.arange(len(num_atoms)), num_atoms.long())
-    return {"positions": positions.float(), "atom_types": atom_types.long(), "num_atoms": num_atoms.long(),
-            "batch": batch}
+        raise data_error(path, "positions contain NaN or inf")
+    batch = torch.repeat_interleave(torch.arange(len(num_atoms)), num_atoms)
+    return {"positions": positions, "atom_types": atom_types, "num_atoms": num_atoms, "batch": batch}

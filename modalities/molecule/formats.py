@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
+from shared.io.data_errors import check_finite, data_error, describe, excerpt
 from shared.io.animation import gif_bytes
 from shared.io.atomic_files import atomic_write
 from shared.io.sample_dir import sample_file_names
@@ -128,22 +129,31 @@ def xyz_bytes(positions, atom_types, batch=None, comments: Sequence[str] | None 
 
 
 def read_xyz(path) -> tuple[list[str], np.ndarray, str]:
-    """(symbols, positions float64 [n, 3], comment) of a single-molecule XYZ file."""
+    """(symbols, positions float64 [n, 3], comment) of a single-molecule XYZ file; ``DataError`` naming the
+    file when it is not one (or holds NaN/inf), ``OSError`` naming it when it cannot be read."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise OSError(f"cannot read {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise data_error(path, f"not an XYZ file (not UTF-8 text: {describe(error)})") from None
     try:
         count = int(lines[0].split()[0])
-        rows = [line.split() for line in lines[2:2 + count]]
-        symbols = [row[0] for row in rows]
-        coordinates = np.array([[float(v) for v in row[1:4]] for row in rows], dtype=np.float64)
     except (IndexError, ValueError) as error:
-        raise ValueError(f"{path}: not an XYZ file ({error})") from None
-    if len(rows) != count or coordinates.reshape(-1, 3).shape[0] != count:
-        raise ValueError(f"{path}: header says {count} atoms, found {len(rows)} lines")
-    return symbols, coordinates.reshape(count, 3), lines[1] if len(lines) > 1 else ""
+        raise data_error(path, f"not an XYZ file: no atom count on line 1 ({describe(error)})") from None
+    rows = [line.split() for line in lines[2:2 + count]] if count >= 0 else []
+    if len(rows) != count:
+        raise data_error(path, f"header says {count} atoms, found {len(rows)} lines")
+    try:
+        coordinates = np.array([[float(v) for v in row[1:4]] for row in rows if len(row) >= 4], dtype=np.float64)
+    except ValueError as error:
+        raise data_error(path, f"not an XYZ file ({describe(error)})") from None
+    if len(coordinates) != count:
+        short = next(k for k, row in enumerate(rows) if len(row) < 4)
+        raise data_error(path, f"atom line {short + 1}: expected 'symbol x y z', got {excerpt(' '.join(rows[short]))}")
+    check_finite(coordinates, path, rows="atoms")
+    return [row[0] for row in rows], coordinates.reshape(count, 3), lines[1] if len(lines) > 1 else ""
 
 
 def rdkit_drawing():

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch_geometric.utils import scatter
 
+from shared.io.data_errors import data_error
 from modalities.molecule.autoencoder import POSITION_DIMS
 from modalities.molecule.files import MoleculeFiles
 from modalities.molecule.graphs import fully_connected_edges
@@ -30,10 +31,12 @@ from shared.diffusion.spaces import ZeroCoMSpace
 
 
 def read_fragment(path: str | Path, elements: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one molecule in ``path`` (.xyz / .sdf / .mol) -> (positions Å [K, 3], atom types [K])."""
+    """The one molecule in ``path`` (.xyz / .sdf / .mol) -> (positions Å [K, 3], atom types [K]). A missing
+    file raises ``FileNotFoundError``, a bad one (unreadable, unknown elements, NaN/inf, not exactly one
+    molecule) ``DataError``, each naming the file."""
     fragments = MoleculeFiles(path, elements=elements)
     if len(fragments) != 1:
-        raise ValueError(f"partial={path}: holds {len(fragments)} molecules; give one fragment")
+        raise data_error(f"partial={path}", f"holds {len(fragments)} molecules; give one fragment")
     return fragments.positions.float(), fragments.atom_types.long()
 
 
@@ -41,7 +44,7 @@ def atom_counts_above(distribution: dict, fragment_atoms: int, partial: str) -> 
     """The training size histogram restricted to molecules larger than the fragment."""
     kept = [(n, c) for n, c in zip(distribution["num_atoms"], distribution["count"]) if n > fragment_atoms]
     if not kept:
-        raise ValueError(f"partial={partial}: the fragment has {fragment_atoms} atoms; no training molecule is "
+        raise data_error(f"partial={partial}", f"the fragment has {fragment_atoms} atoms; no training molecule is "
                          f"larger (at most {max(distribution['num_atoms'])}), set modality.fragment.num_atoms")
     return {"num_atoms": [n for n, _ in kept], "count": [c for _, c in kept]}
 

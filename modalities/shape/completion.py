@@ -12,20 +12,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from shared.io.data_errors import check_finite, data_error
 from shared.diffusion.guidance import Inpainting, sdedit_start
 from shared.generation.generate import item_generators
 
 
 @torch.no_grad()
 def complete(pipeline, partial: np.ndarray, labels: torch.Tensor, steps: int, seed: int, source: str = "") -> dict:
-    """``len(labels)`` completions of ``partial`` [Q, 3] (in the training frame) -> the sample dict."""
+    """``len(labels)`` completions of ``partial`` [Q, 3] (in the training frame, read from the file ``source``)
+    -> the sample dict. A cloud with NaN/inf or too few / too many points raises ``DataError`` naming ``source``."""
+    check_finite(partial, source, rows="points")   # read_point_cloud checks too; arrays may come from elsewhere
     vae, device = pipeline.vae, pipeline.device
     settings = pipeline.cfg.modality.completion
     num_latent, children = vae.num_latent_points, vae.children_per_point
     known = int(round(num_latent * len(partial) / vae.num_points))
     if not 1 <= known < num_latent:
-        raise ValueError(f"partial={source}: {len(partial)} points; completion needs between "
-                         f"{children} and {vae.num_points - children} (clouds have {vae.num_points})")
+        raise data_error(f"partial={source}", f"{len(partial)} points; completion needs between {children} and "
+                         f"{vae.num_points - children} (clouds have {vae.num_points})")
     batch = len(labels)
     generator = item_generators(seed, range(batch))
     given = torch.as_tensor(partial, dtype=torch.float32)

@@ -23,7 +23,10 @@ import numpy as np
 import torch
 import trimesh
 
+from shared.io.data_errors import check_finite, data_error, describe, non_finite_rows, reason_of
+from shared.errors import DataError
 from shared.io.atomic_files import atomic_savez
+from shared.io.skipped_inputs import report_skipped
 
 from .mesh_sdf import signed_distance
 
@@ -39,7 +42,9 @@ def normalize_mesh(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     mesh = mesh.copy()
     mesh.apply_translation(-mesh.bounds.mean(axis=0))
     scale = float(np.linalg.norm(mesh.vertices, axis=1).max())
-    if not np.isfinite(scale) or scale <= 0:
+    if not np.isfinite(scale):
+        raise ValueError("mesh coordinates too large: its extent overflows")
+    if scale <= 0:
         raise ValueError("mesh has zero extent")
     mesh.apply_scale(1.0 / scale)
     return mesh
@@ -153,6 +158,8 @@ class _ShapeSet(torch.utils.data.Dataset):
             for key, shape in self._expected_shapes().items():
                 if arrays[key].shape != shape:
                     raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
+                if non_finite_rows(arrays[key]) is not None:
+                    raise ValueError(f"{key} holds NaN/inf")
             return arrays
         except Exception as exc:  # truncated zip, bad header, missing key, wrong shape...
             warnings.warn(f"cache file {path} is unreadable ({exc}); regenerating it", stacklevel=3)
@@ -230,33 +237,51 @@ class Primitives(_ShapeSet):
 def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     """Load one mesh file (scenes concatenated), check it, repair what is cheap, normalise it.
 
-    Raises ``ValueError(f"{path}: <reason>")`` for an unreadable file, a non-mesh, no faces, zero
-    area or NaN/inf vertices (checked before trimesh's processing, which would silently drop them).
-    Processing with validation merges vertices and drops degenerate and duplicate faces (opposite
-    duplicates of "double-sided" models would cancel in the winding number); open meshes then get
-    ``fill_holes`` and, if the new faces broke it, ``fix_winding``.
+    Raises ``DataError(f"{path}: <reason>")`` (a ``ValueError``) for an unreadable file, a non-mesh, no
+    faces, face indices outside the vertices, zero area or NaN/inf vertices (checked before trimesh's
+    processing, which would silently drop them). Processing with validation merges vertices and drops
+    degenerate and duplicate faces (opposite duplicates of "double-sided" models would cancel in the
+    winding number); open meshes then get ``fill_holes`` and, if the new faces broke it, ``fix_winding``.
     """
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:  # each format's parser raises its own types
-        raise ValueError(f"{path}: cannot read mesh ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(mesh, trimesh.Trimesh):
-        raise ValueError(f"{path}: not a triangle mesh (got {type(mesh).__name__})")
-    if len(mesh.faces) == 0:
-        raise ValueError(f"{path}: mesh has no faces")
-    if not np.isfinite(mesh.vertices).all():
-        raise ValueError(f"{path}: mesh has NaN or infinite vertex coordinates")
-    if not mesh.area > 0:
-        raise ValueError(f"{path}: mesh has zero surface area")
-    mesh.process(validate=True)
-    if not mesh.is_watertight:
-        trimesh.repair.fill_holes(mesh)
-    if not mesh.is_winding_consistent:
-        trimesh.repair.fix_winding(mesh)
+        raise data_error(path, f"cannot read mesh ({describe(exc)})") from exc
+    try:
+        _check_mesh(mesh, path)
+        mesh.process(validate=True)
+        if not mesh.is_watertight:
+            trimesh.repair.fill_holes(mesh)
+        if not mesh.is_winding_consistent:
+            trimesh.repair.fix_winding(mesh)
+    except DataError:
+        raise
+    except Exception as exc:  # trimesh's checks and repairs on a mesh odd enough to break them
+        raise data_error(path, f"cannot process mesh ({describe(exc)})") from exc
     try:
         return normalize_mesh(mesh)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise data_error(path, str(exc)) from exc
+
+
+def _check_mesh(mesh, path) -> None:
+    """What ``load_mesh`` refuses before processing the mesh."""
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise data_error(path, f"not a triangle mesh (got {type(mesh).__name__})")
+    if len(mesh.faces) == 0:
+        raise data_error(path, "mesh has no faces")
+    faces, vertices = np.asarray(mesh.faces), np.asarray(mesh.vertices)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise data_error(path, f"expected 3D vertices and triangles, got {vertices.shape} and {faces.shape}")
+    if faces.min() < 0 or faces.max() >= len(mesh.vertices):
+        raise data_error(path, f"face indices outside the {len(mesh.vertices)} vertices")
+    check_finite(mesh.vertices, path, "vertex coordinates", rows="vertices")
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflow is refused just below
+        area = mesh.area
+    if not np.isfinite(area):
+        raise data_error(path, "mesh coordinates too large: its surface area overflows")
+    if not area > 0:
+        raise data_error(path, "mesh has zero surface area")
 
 
 class MeshFolder(_ShapeSet):
@@ -269,8 +294,8 @@ class MeshFolder(_ShapeSet):
 
     Construction opens every file (``load_mesh``), unless a valid materialize cache for these files
     (paths, sizes, mtimes) and parameters exists: its stored file lists are reused. A bad file
-    raises ``ValueError`` naming it, or with ``skip_bad`` is left out, listed in ``self.skipped`` as
-    ``(path, reason)`` and reported in one warning.
+    raises ``DataError`` (a ``ValueError``) naming it, or with ``skip_bad`` is left out, listed in
+    ``self.skipped`` as ``(path, reason)`` and reported (``shared.io.skipped_inputs``).
 
     Open meshes: ``fill_holes`` first; one still not watertight (``num_non_watertight``, listed in
     ``non_watertight``) gets its SDF sign from the generalised winding number (``mesh_sdf``), robust
@@ -301,21 +326,19 @@ class MeshFolder(_ShapeSet):
         self._preloaded = self._load_cache()
         if self._preloaded is None:
             self._scan()
-        if self.skipped:
-            warnings.warn(f"MeshFolder {self.root}: skipped {len(self.skipped)} bad file(s): "
-                          + "; ".join(f"{path} ({reason})" for path, reason in self.skipped), stacklevel=2)
+        report_skipped(self.root, self.skipped)
         if not self.files:
-            raise FileNotFoundError(f"no readable meshes under {self.root} ({len(self.skipped)} skipped)")
+            raise data_error(self.root, f"no readable meshes ({len(self.skipped)} skipped)")
 
     def _scan(self) -> None:
         self.files, self.skipped, self.non_watertight = [], [], []
         for path in self.candidates:
             try:
                 mesh = load_mesh(path)
-            except ValueError as exc:
+            except DataError as exc:
                 if not self.skip_bad:
                     raise
-                self.skipped.append((path, str(exc).removeprefix(f"{path}: ")))
+                self.skipped.append((path, reason_of(exc, path)))
                 continue
             self.files.append(path)
             if not mesh.is_watertight:
@@ -344,6 +367,13 @@ class MeshFolder(_ShapeSet):
 
     def _mesh(self, index: int, rng: np.random.Generator) -> trimesh.Trimesh:
         return load_mesh(self.files[index])
+
+    def _sample(self, index: int) -> dict:
+        item = super()._sample(index)
+        for key in ("points", "sdf_points", "sdf"):   # cheap; a finite normalised mesh should never fail it
+            if key in item:
+                check_finite(item[key], self.files[index], f"{key} sampled from the mesh")
+        return item
 
     def cache_key(self) -> dict:
         return {**super().cache_key(), "set": "meshfolder", "root": str(self.root.resolve()),

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
+from shared.io.data_errors import check_finite, data_error, describe
 from shared.io.animation import chain_preview
 from shared.io.sample_dir import ARRAYS_FILE, INDEX_FILE, read_arrays, read_index, sample_file_names, write_sample_dir
 
@@ -238,7 +239,7 @@ def load_meshes(out_dir) -> list[trimesh.Trimesh]:
         try:
             meshes.append(trimesh.load(path, force="mesh"))
         except Exception as error:                           # trimesh raises many types
-            raise ValueError(f"{path}: unreadable mesh ({error})") from None
+            raise data_error(path, f"unreadable mesh ({describe(error)})") from None
     return meshes
 
 
@@ -253,8 +254,7 @@ def load_shape_samples(out_dir, meshes: bool = True) -> dict:
     loaded = read_arrays(out_dir, required=("points",))
     records = read_index(out_dir)
     if len(records) != len(loaded["points"]):
-        raise ValueError(f"{out_dir / INDEX_FILE}: {len(records)} lines but {path} holds "
-                         f"{len(loaded['points'])} samples")
+        raise data_error(out_dir / INDEX_FILE, f"{len(records)} lines but {path} holds {len(loaded['points'])} samples")
     kind = str(loaded.get("kind", "point_clouds"))
     labels = loaded.get("labels")
     return {"points": torch.from_numpy(loaded["points"].astype(np.float32)),
@@ -265,31 +265,39 @@ def load_shape_samples(out_dir, meshes: bool = True) -> dict:
 
 def read_point_cloud(path) -> np.ndarray:
     """A single point cloud as float32 [P, 3] from .ply (vertices of a cloud or mesh), .npy
-    ([P, 3]) or .xyz / .txt (whitespace columns x y z, or 6 with normals/colours after xyz)."""
+    ([P, 3]) or .xyz / .txt (whitespace columns x y z, or 6 with normals/colours after xyz).
+    A missing file raises ``FileNotFoundError``, anything else wrong (unreadable, wrong shape, no points,
+    NaN/inf, or beyond float32's range) ``DataError``, each naming the file."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in POINT_FORMATS:
-        raise ValueError(f"{path}: unsupported point cloud format (use one of {POINT_FORMATS})")
+        raise data_error(path, f"unsupported point cloud format (use one of {POINT_FORMATS})")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        if suffix == ".ply":
-            array = np.asarray(trimesh.load(path).vertices)
-        elif suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            with warnings.catch_warnings():                  # an empty file only warns
-                warnings.simplefilter("ignore", UserWarning)
-                array = np.loadtxt(path, dtype=np.float64, ndmin=2)
-        array = np.asarray(array, dtype=np.float64)
+        array = _read_points(path, suffix)
     except Exception as error:
-        raise ValueError(f"{path}: unreadable point cloud ({type(error).__name__}: {error})") from None
+        raise data_error(path, f"unreadable point cloud ({describe(error)})") from None
     if suffix in (".xyz", ".txt") and array.ndim == 2 and array.shape[1] == 6:
         array = array[:, :3]
     if array.size == 0:
-        raise ValueError(f"{path}: no points")
+        raise data_error(path, "no points")
     if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"{path}: expected 3 columns (x y z), got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{path}: NaN/inf in {int((~np.isfinite(array).all(1)).sum())} points")
-    return np.ascontiguousarray(array, dtype=np.float32)
+        raise data_error(path, f"expected 3 columns (x y z), got shape {array.shape}")
+    with np.errstate(over="ignore"):                         # beyond float32's range becomes inf: refused below
+        array = np.ascontiguousarray(array, dtype=np.float32)
+    check_finite(array, path, rows="points")
+    return array
+
+
+def _read_points(path: Path, suffix: str) -> np.ndarray:
+    if suffix == ".ply":
+        return np.asarray(trimesh.load(path).vertices, dtype=np.float64)
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+        if array.dtype.kind not in "biuf":                   # strings, structs, complex: not coordinates
+            raise ValueError(f"array of dtype {array.dtype}, expected numbers")
+        return np.asarray(array, dtype=np.float64)
+    with warnings.catch_warnings():                          # an empty file only warns
+        warnings.simplefilter("ignore", UserWarning)
+        return np.loadtxt(path, dtype=np.float64, ndmin=2)

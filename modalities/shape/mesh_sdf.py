@@ -63,13 +63,18 @@ def _as_points(points) -> np.ndarray:
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 3:
         raise ValueError(f"points must have shape [M, 3], got {p.shape}")
+    if not np.isfinite(p).all():   # the k-d tree would answer with an out-of-range index, not an error
+        raise ValueError("points contain NaN/inf")
     return p
 
 
 def _triangles(mesh: trimesh.Trimesh) -> np.ndarray:
     if len(mesh.faces) == 0:
         raise ValueError("mesh has no faces")
-    return np.array(mesh.triangles, dtype=np.float64)  # [F, 3 (corner), 3 (xyz)]
+    triangles = np.array(mesh.triangles, dtype=np.float64)  # [F, 3 (corner), 3 (xyz)]
+    if not np.isfinite(triangles).all():   # load_mesh refuses such files; a mesh built in code may have them
+        raise ValueError("mesh has NaN/inf vertices")
+    return triangles
 
 
 def _pair_closest(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):

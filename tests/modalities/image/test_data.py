@@ -4,10 +4,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from modalities.image.data import (COLORS, SHAPES, BadImageError, ImageFolder, Shapes2D,
-                                   caption_for_label, collate, shape_masks)
+                                   caption_for_label, collate, read_image, shape_masks)
+from modalities.image.editing import edit_start
+from shared.errors import ConfigError, DataError
+from shared.io.skipped_inputs import skipped_inputs_log
 
 N = 3000
 
@@ -203,3 +207,57 @@ def test_image_folder_caption_index_errors(tmp_path):
     (tmp_path / "captions.jsonl").write_text('{"caption": "x"}\n')
     with pytest.raises(ValueError, match="captions.jsonl:1"):
         ImageFolder(tmp_path)
+
+
+def test_bad_images_are_data_errors_and_skips_are_reported(tmp_path, capsys):
+    _write_folder(tmp_path)
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"zero.png: cannot read image \(UnidentifiedImageError") as error:
+        ImageFolder(tmp_path)
+    assert str(error.value).startswith(str(tmp_path / "zero.png")) and len(str(error.value).splitlines()) == 1
+    with skipped_inputs_log(tmp_path / "log.txt"):
+        dataset = ImageFolder(tmp_path, size=8, skip_bad=True)
+    assert dataset.skipped == [tmp_path / "zero.png"] and len(dataset) == 3
+    assert f"skipped 1 bad input(s) of {tmp_path}" in capsys.readouterr().err
+    assert (tmp_path / "log.txt").read_text().startswith(f"{tmp_path / 'zero.png'}\tcannot read image")
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "zero.png").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{only_bad}: no readable images \(1 skipped\)"):
+        ImageFolder(only_bad, skip_bad=True)
+
+
+def test_float_images_with_nan_are_refused(tmp_path):
+    pixels = np.ones((8, 8), np.float32)
+    pixels[2, 3] = np.nan
+    Image.fromarray(pixels).save(tmp_path / "float.tif")       # PIL would turn NaN into a silent 0
+    with pytest.raises(BadImageError, match=r"float.tif: non-finite pixel values: NaN/inf in 1 of 8 pixel rows"):
+        read_image(tmp_path / "float.tif", 8)
+    assert issubclass(BadImageError, DataError) and issubclass(BadImageError, ValueError)
+
+
+def test_caption_files_that_are_not_text_are_named(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe caption")
+    with pytest.raises(DataError, match=r"a.txt: not UTF-8 text"):
+        ImageFolder(tmp_path)
+    (tmp_path / "a.txt").unlink()
+    (tmp_path / "captions.jsonl").write_text("[" * 5000 + "\n")       # json recursion limit, not a crash
+    with pytest.raises(DataError, match=r"captions.jsonl:1: expected"):
+        ImageFolder(tmp_path)
+
+
+@pytest.mark.parametrize("which", ["init", "mask"])
+def test_edit_images_name_the_bad_file(tmp_path, which):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    bad.write_bytes(good.read_bytes()[:40])                           # truncated
+    files = {"init": bad, "mask": good} if which == "init" else {"init": good, "mask": bad}
+    cfg = OmegaConf.create({**{k: str(v) for k, v in files.items()}, "strength": 0.5, "data": {"size": 8}})
+    with pytest.raises(DataError, match=rf"{bad}: cannot read image"):
+        edit_start(cfg, None, "cpu")
+    cfg[which] = str(tmp_path / "missing.png")
+    with pytest.raises(FileNotFoundError, match="missing.png: no such image file"):
+        edit_start(cfg, None, "cpu")
+    with pytest.raises(ConfigError, match="strength=2.0"):
+        edit_start(OmegaConf.create({"init": str(good), "strength": 2.0, "data": {"size": 8}}), None, "cpu")

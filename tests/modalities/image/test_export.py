@@ -9,6 +9,7 @@ from PIL import Image
 from modalities.image.data import Shapes2D, uint8_to_float
 from modalities.image.export import export_image_samples, load_image_samples, make_grid, to_uint8
 from modalities.image.metrics import evaluate_samples
+from shared.io.sample_dir import MANIFEST_FILE, overwriting
 
 
 def test_to_uint8_inverts_the_data_scaling():
@@ -24,7 +25,7 @@ def test_export_and_load_round_trip(tmp_path):
     prompts = [Shapes2D(11, seed=1)[i]["caption"] for i in range(11)]
     out = export_image_samples(tmp_path / "s", floats, prompts=prompts, labels=labels, seeds=range(11))
     names = sorted(p.name for p in out.iterdir())
-    assert names == [f"{i:06d}.png" for i in range(11)] + ["grid.png", "samples.jsonl", "samples.npz"]
+    assert names == [MANIFEST_FILE] + [f"{i:06d}.png" for i in range(11)] + ["grid.png", "samples.jsonl", "samples.npz"]
     assert np.array_equal(np.asarray(Image.open(out / "000003.png")), images[3].permute(1, 2, 0).numpy())
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert records[4] == {"file": "000004.png", "prompt": prompts[4], "label": int(labels[4]), "seed": 4}
@@ -59,7 +60,8 @@ def test_minimal_directory_and_png_fallback(tmp_path):
 def test_rewrite_removes_stale_samples_and_grayscale(tmp_path):
     export_image_samples(tmp_path, torch.zeros(5, 3, 8, 8))
     (tmp_path / "mine.png").write_bytes(b"user file")
-    export_image_samples(tmp_path, torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with overwriting(True):  # the user's file stays; mldm's stale samples go
+        export_image_samples(tmp_path, torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     assert sorted(p.name for p in tmp_path.glob("0*.png")) == ["000000.png", "000001.png"]
     assert (tmp_path / "mine.png").exists()
     assert load_image_samples(tmp_path)["images"].shape == (2, 8, 8, 1)

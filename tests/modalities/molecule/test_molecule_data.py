@@ -18,6 +18,8 @@ from modalities.molecule.data import (PROPERTY_COLUMNS, PROPERTY_NAMES, SPLIT_SI
                                       load_qm9, normalize_properties, property_statistics, qm9_split,
                                       radius_edges, sample_atom_counts, to_dense)
 from modalities.molecule.elements import QM9_ELEMENTS
+from shared.errors import DataError
+from shared.io.skipped_inputs import skipped_inputs_log
 
 HAS_QM9PACK = importlib.util.find_spec("qm9pack") is not None
 
@@ -177,7 +179,7 @@ def corrupt(path, record_line, bad_line):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_corrupt_records_are_reported_or_skipped(tmp_path, subset):
+def test_corrupt_records_are_reported_or_skipped(tmp_path, subset, capsys):
     mols = rdkit_molecules(subset["val"], 4)
     sdf, xyz, xyz_header = tmp_path / "bad.sdf", tmp_path / "bad.xyz", tmp_path / "bad_count.xyz"
     write_sdf(sdf, mols)
@@ -192,8 +194,8 @@ def test_corrupt_records_are_reported_or_skipped(tmp_path, subset):
     for path, record in ((sdf, 2), (xyz, 2), (xyz_header, 3)):
         with pytest.raises(ValueError, match=rf"{path.name}: record {record}\b"):
             MoleculeFiles(path)
-        with pytest.warns(UserWarning, match="skipped 1 bad record"):
-            kept = MoleculeFiles(path, skip_bad=True)
+        kept = MoleculeFiles(path, skip_bad=True)
+        assert f"skipped 1 bad input(s) of {path}" in capsys.readouterr().err
         assert kept.num_skipped == 1 and kept.skipped[0][:2] == (path, record) and len(kept) == 3
         assert [number for _, number in kept.sources] == [n for n in (1, 2, 3, 4) if n != record]
     with pytest.raises(FileNotFoundError, match="missing.sdf"):
@@ -205,8 +207,7 @@ def test_unknown_element_names_file_record_and_element(tmp_path):
     path.write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n3\nH2S\nS 0 0 0\nH 1.3 0 0\nH 0 1.3 0\n")
     with pytest.raises(ValueError, match=r"sulfur.xyz: record 2: element 'S'"):
         MoleculeFiles(path)
-    with pytest.warns(UserWarning):
-        assert len(MoleculeFiles(path, skip_bad=True)) == 1
+    assert len(MoleculeFiles(path, skip_bad=True)) == 1
     sdf = tmp_path / "chloro.sdf"
     mol = Chem.AddHs(Chem.MolFromSmiles("CCl"))
     mol.AddConformer(Chem.Conformer(mol.GetNumAtoms()))
@@ -331,3 +332,53 @@ def test_condition_picks_property_columns_by_name_even_when_counts_match():
     cfg = OmegaConf.create({"modality": {"conditioning": {"properties": ["alpha", "gap"]}}})
     condition = PropertyCondition(cfg, data)
     assert torch.equal(condition.selected(data.properties[:3]), data.properties[:3, [1, 0]])
+
+
+WATER = "3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+
+
+def test_non_finite_coordinates_are_refused_naming_file_and_record(tmp_path):
+    path = tmp_path / "bad.xyz"
+    nan = WATER.replace("H 0.96 0 0", "H nan 0 0")
+    beyond_float32 = WATER.replace("O 0 0 0", "O 1e39 0 0")     # finite as float64, inf as float32
+    path.write_text(WATER + nan + beyond_float32)
+    with pytest.raises(DataError, match=r"bad.xyz: record 2: non-finite coordinates: NaN/inf in 1 of 3 atoms "
+                                        r"\(first: #2\)"):
+        MoleculeFiles(path)
+
+
+def test_skip_bad_reports_on_stderr_and_in_the_log(tmp_path, capsys):
+    path = tmp_path / "bad.xyz"
+    path.write_text(WATER + WATER.replace("H 0.96 0 0", "H inf 0 0") + WATER.replace("O 0 0 0", "S 0 0 0"))
+    with skipped_inputs_log(tmp_path / "log.txt"):
+        kept = MoleculeFiles(path, skip_bad=True)
+    assert len(kept) == 1 and [(n, r.split(":")[0]) for _, n, r in kept.skipped] == [
+        (2, "non-finite coordinates"), (3, "element 'S' is not in the atom vocabulary ('H', 'C', 'N', 'O', 'F')")]
+    err = capsys.readouterr().err
+    assert f"skipped 2 bad input(s) of {path}" in err and str(tmp_path / "log.txt") in err
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [f"{path}: record 2", f"{path}: record 3"]
+    assert lines[0].split("\t")[1].startswith("non-finite coordinates")
+
+
+def test_unreadable_files_are_data_errors_or_skipped_whole(tmp_path, capsys):
+    binary = tmp_path / "binary.xyz"
+    binary.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 40)    # a gzip file under an .xyz name
+    with pytest.raises(DataError, match=r"binary.xyz: record 1: line 1: expected the atom count") as error:
+        MoleculeFiles(binary)
+    assert len(str(error.value)) < 300 and len(str(error.value).splitlines()) == 1
+    other = tmp_path / "notes.pdb"
+    other.write_text("HETATM")
+    good = tmp_path / "good.xyz"
+    good.write_text(WATER)
+    with pytest.raises(DataError, match=r"notes.pdb: unsupported molecule file type '.pdb'"):
+        MoleculeFiles([good, other])
+    kept = MoleculeFiles([good, other], skip_bad=True)
+    assert len(kept) == 1 and kept.skipped[0][:2] == (other, None)
+    assert "skipped 1 bad input(s)" in capsys.readouterr().err
+    with pytest.raises(DataError, match=rf"{other}: no readable molecules"):
+        MoleculeFiles(other, skip_bad=True)
+    count = tmp_path / "superscript.xyz"   # '²'.isdigit() is true, but int('²') fails
+    count.write_text("²\n\nC 0 0 0\n")
+    with pytest.raises(DataError, match=r"superscript.xyz: record 1: line 1: expected the atom count"):
+        MoleculeFiles(count)

@@ -12,6 +12,7 @@ from rdkit.Chem import AllChem
 
 from modalities.molecule.elements import QM9_ELEMENTS, element_index
 from modalities.molecule.formats import read_xyz, write_chain_gif, write_grid_png, write_sdf, write_xyz
+from shared.errors import DataError
 
 
 def conformer(smiles: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,3 +124,18 @@ def test_headless_machine_writes_every_file_but_the_grid(tmp_path, samples, monk
     assert not (out / "grid.png").exists()
     assert {"samples.jsonl", "samples.npz", "samples.sdf", "000002.xyz"} <= {p.name for p in out.iterdir()}
     assert torch.equal(load_molecule_samples(out)["num_atoms"], num_atoms)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("2\n\nC 0 0 0\nO nan 0 0\n", "non-finite coordinates: NaN/inf in 1 of 2 atoms"),
+    ("2\n\nC 0\nO 1\n", "atom line 1: expected 'symbol x y z'"),    # too few numbers: no reshape error
+    ("3\n\nC 0 0 0\n", "header says 3 atoms, found 1 lines"),
+    ("", "no atom count on line 1"),
+    (b"2\n\xff\xfe\n", "not UTF-8 text"),
+])
+def test_read_xyz_names_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.xyz"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=message) as error:
+        read_xyz(path)
+    assert str(error.value).startswith(f"{path}: ")

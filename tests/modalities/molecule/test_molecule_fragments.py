@@ -12,6 +12,7 @@ from modalities.molecule.fragments import (FragmentInpainting, atom_counts_above
                                            read_fragment)
 from modalities.molecule.graphs import fully_connected_edges
 from shared.diffusion.denoiser import Denoiser
+from shared.errors import DataError
 from shared.diffusion.samplers import sample_ddpm
 from shared.diffusion.schedules import PolynomialSchedule
 from shared.diffusion.spaces import ZeroCoMSpace
@@ -103,3 +104,20 @@ def test_fragment_files_and_sizes_are_checked(tmp_path):
     assert atom_counts_above(histogram, 4, "f.xyz") == {"num_atoms": [5, 9], "count": [2, 3]}
     with pytest.raises(ValueError, match="modality.fragment.num_atoms"):
         atom_counts_above(histogram, 9, "f.xyz")
+
+
+def test_fragment_with_non_finite_or_unreadable_atoms_is_a_data_error(tmp_path):
+    nan = tmp_path / "nan.xyz"
+    nan.write_text("2\n\nC 0 0 0\nO inf 0 0\n")
+    with pytest.raises(DataError, match=r"nan.xyz: record 1: non-finite coordinates"):
+        read_fragment(nan, ("H", "C", "N", "O", "F"))
+    two = tmp_path / "two.xyz"
+    two.write_text("1\n\nC 0 0 0\n1\n\nO 0 0 0\n")
+    with pytest.raises(DataError, match=rf"partial={two}: holds 2 molecules"):
+        read_fragment(two, ("H", "C", "N", "O", "F"))
+    broken = tmp_path / "broken.sdf"
+    broken.write_bytes(b"\x00\xff" * 50)
+    with pytest.raises(DataError, match="broken.sdf"):
+        read_fragment(broken, ("H", "C", "N", "O", "F"))
+    with pytest.raises(FileNotFoundError, match="missing.xyz"):
+        read_fragment(tmp_path / "missing.xyz", ("H", "C", "N", "O", "F"))

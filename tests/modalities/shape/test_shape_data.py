@@ -9,9 +9,11 @@ import pytest
 import torch
 import trimesh
 
-from modalities.shape.data import (PRIMITIVE_KINDS, MeshFolder, Primitives, normalize_mesh, primitive_mesh,
-                                   sample_sdf, sample_surface)
+from modalities.shape.data import (PRIMITIVE_KINDS, MeshFolder, Primitives, load_mesh, normalize_mesh,
+                                   primitive_mesh, sample_sdf, sample_surface)
 from modalities.shape.mesh_sdf import signed_distance, unsigned_distance
+from shared.errors import DataError
+from shared.io.skipped_inputs import skipped_inputs_log
 
 SMALL = dict(num_points=64, sdf_near=64, sdf_uniform=32)
 
@@ -215,15 +217,43 @@ def test_bad_mesh_file_raises_naming_it(tmp_path, name):
         MeshFolder(tmp_path, cache_dir=None)
 
 
-def test_skip_bad_counts_and_warns(tmp_path):
+def test_skip_bad_counts_and_reports(tmp_path, capsys):
     trimesh.creation.box().export(tmp_path / "good.obj")
     for name, data in BAD_FILES.items():
         (tmp_path / name).write_bytes(data)
-    with pytest.warns(UserWarning, match="skipped 5 bad file"):
-        ds = MeshFolder(tmp_path, num_points=16, skip_bad=True, cache_dir=None)
+    ds = MeshFolder(tmp_path, num_points=16, skip_bad=True, cache_dir=None)
+    assert f"skipped 5 bad input(s) of {tmp_path}" in capsys.readouterr().err
     assert len(ds) == 1 and ds[0]["label"] == -1 and ds.label_names == ()
     assert sorted(p.name for p, _ in ds.skipped) == sorted(BAD_FILES)
     assert all(reason for _, reason in ds.skipped)
+
+
+@pytest.mark.parametrize("content, message", [
+    (BAD_FILES["nan.obj"], "non-finite vertex coordinates: NaN/inf in 1 of 4 vertices"),
+    (b"v 1e300 0 0\nv -1e300 0 0\nv 0 1e300 0\nf 1 2 3\n", "too large"),
+    (b"ply\nformat ascii 1.0\nelement vertex x\n", "cannot read mesh"),
+    (b"v \r -1 -1\nv 0 1 0\nv 1 0 0\nf 1 2 3\n", "expected 3D vertices"),   # the fuzzer's find: vertices [3, 0]
+])
+def test_load_mesh_refuses_with_one_data_error(tmp_path, content, message):
+    path = tmp_path / ("bad.ply" if content.startswith(b"ply") else "bad.obj")
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        load_mesh(path)
+    assert str(error.value).startswith(f"{path}: ") and len(str(error.value).splitlines()) == 1
+
+
+def test_skipped_meshes_go_to_the_log(tmp_path, capsys):
+    trimesh.creation.box().export(tmp_path / "good.obj")
+    (tmp_path / "nan.obj").write_bytes(BAD_FILES["nan.obj"])
+    with skipped_inputs_log(tmp_path / "logs" / "skipped.txt"):
+        ds = MeshFolder(tmp_path, num_points=16, skip_bad=True, cache_dir=None)
+    assert len(ds) == 1 and [p.name for p, _ in ds.skipped] == ["nan.obj"]
+    assert "skipped 1 bad input(s)" in capsys.readouterr().err
+    logged = (tmp_path / "logs" / "skipped.txt").read_text()
+    assert logged == f"{tmp_path / 'nan.obj'}\t{ds.skipped[0][1]}\n" and "non-finite" in logged
+    (tmp_path / "good.obj").unlink()
+    with pytest.raises(DataError, match=rf"{tmp_path}: no readable meshes \(1 skipped\)"):
+        MeshFolder(tmp_path, skip_bad=True, cache_dir=None)
 
 
 def test_missing_or_empty_root(tmp_path):

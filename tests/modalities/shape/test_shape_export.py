@@ -15,6 +15,9 @@ from modalities.shape.export import (
     load_shape_samples,
     read_point_cloud,
 )
+from modalities.shape.completion import complete
+from shared.errors import DataError
+from shared.io.sample_dir import MANIFEST_FILE
 
 
 def _clouds(n=5, p=64, seed=0):
@@ -40,7 +43,7 @@ def test_point_cloud_round_trip(tmp_path):
                               label_names=["chair", "table", "lamp"], seeds=range(10, 15),
                               extra={"steps": [50] * 5, "cfg": np.full(5, 2.5)})
     names = sorted(p.name for p in out.iterdir())
-    assert names == [f"{i:06d}.ply" for i in range(5)] + ["preview.png", "samples.jsonl", "samples.npz"]
+    assert names == [MANIFEST_FILE] + [f"{i:06d}.ply" for i in range(5)] + ["preview.png", "samples.jsonl", "samples.npz"]
     records = _records(out)
     assert records[1] == {"file": "000001.ply", "label": 2, "prompt": "lamp", "seed": 11,
                           "steps": 50, "cfg": 2.5}
@@ -90,7 +93,7 @@ def test_meshes_obj_watertight_and_empty_keeps_index_aligned(tmp_path):
                                         box.sample(128, seed=0), np.zeros((128, 3))]).astype(np.float32))
     out = export_meshes(tmp_path, meshes, points, labels=[1, 0, 1, 0], label_names=["void", "shape"],
                         seeds=[7, 8, 9, 10])
-    assert sorted(p.name for p in out.iterdir()) == ["000000.obj", "000002.obj", "preview.png",
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "000000.obj", "000002.obj", "preview.png",
                                                      "samples.jsonl", "samples.npz"]
     records = _records(out)
     assert records[0] == {"file": "000000.obj", "label": 1, "prompt": "shape", "seed": 7}
@@ -177,13 +180,17 @@ def test_read_point_cloud_formats(tmp_path):
     ("two.txt", "1 2\n3 4\n", "expected 3 columns"),
     ("ragged.xyz", "1 2 3\n4 5\n", "unreadable point cloud"),
     ("words.txt", "x y z\n", "unreadable point cloud"),
-    ("nan.xyz", "1 2 3\nnan 0 0\n", "NaN/inf in 1 points"),
+    ("nan.xyz", "1 2 3\nnan 0 0\n", "non-finite coordinates: NaN/inf in 1 of 2 points"),
     ("empty.txt", "", "no points"),
     ("bad.ply", b"ply\nformat garbage\n", "unreadable point cloud"),
     ("bad.npy", b"not numpy", "unreadable point cloud"),
     ("four.npy", np.zeros((5, 4)), "expected 3 columns"),
     ("empty.npy", np.zeros((0, 3)), "no points"),
     ("cloud.obj", "v 0 0 0\n", "unsupported point cloud format"),
+    ("huge.xyz", "1 2 3\n1e39 0 0\n", "non-finite coordinates: NaN/inf in 1 of 2 points"),   # inf as float32
+    ("inf.npy", np.array([[0, 0, 0], [np.inf, 0, 0]]), "non-finite coordinates"),
+    ("words.npy", np.array([["1", "2", "3"]]), "expected numbers"),
+    ("binary.xyz", bytes(range(256)), "unreadable point cloud"),
 ])
 def test_read_point_cloud_rejects_bad_files(tmp_path, name, content, message):
     path = tmp_path / name
@@ -193,9 +200,16 @@ def test_read_point_cloud_rejects_bad_files(tmp_path, name, content, message):
         path.write_bytes(content)
     else:
         path.write_text(content)
-    with pytest.raises(ValueError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         read_point_cloud(path)
-    assert name in str(error.value)
+    assert str(error.value).startswith(f"{path}: ") and len(str(error.value).splitlines()) == 1
+
+
+def test_completion_refuses_a_non_finite_partial_cloud():
+    partial = np.zeros((10, 3), np.float32)
+    partial[3, 1] = np.nan
+    with pytest.raises(DataError, match=r"part.xyz: non-finite coordinates: NaN/inf in 1 of 10 points \(first: #4\)"):
+        complete(None, partial, torch.tensor([0]), steps=2, seed=0, source="part.xyz")   # refused before any model
 
 
 def test_read_point_cloud_missing_file(tmp_path):
