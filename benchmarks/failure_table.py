@@ -110,7 +110,7 @@ def main(work: Path):
         png(folder / f"ok{i}.png", 40 * i)
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     (folder / "empty.png").write_bytes(b"")
-    own_data = [*TINY_IMAGE, "data=image_folder", f"data.root={folder}", *steps(["autoencoder", "diffusion"], 2, 0)]
+    own_data = [*(o for o in TINY_IMAGE if not o.startswith("data.")), "data=image_folder", f"data.root={folder}", *steps(["autoencoder", "diffusion"], 2, 0)]
     done = mldm("train", *own_data, f"run_dir={work / 'own'}")
     row("image folder with a corrupt and a zero-byte PNG", done,
         f"run_dir left behind: {'yes' if (work / 'own').exists() else 'no'}")

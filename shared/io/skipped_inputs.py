@@ -11,6 +11,7 @@ from typing import Iterable
 
 LOG_NAME = "skipped_inputs.txt"
 _log_file: ContextVar[Path | None] = ContextVar("skipped_inputs_log", default=None)
+_reported: set[tuple[str, str, str]] = set()  # a dataset built once per stage reports its skips once
 
 
 @contextmanager
@@ -25,10 +26,12 @@ def skipped_inputs_log(path: str | Path):
 
 def report_skipped(source: str | Path, entries: Iterable[tuple[str | Path, str]]) -> None:
     """``entries``: (path or 'path:record', reason) of each input left out of ``source``."""
+    log = _log_file.get()
     entries = [(str(where), str(reason).replace("\n", " ")) for where, reason in entries]
+    entries = [entry for entry in entries if (str(log), *entry) not in _reported]
     if not entries:
         return
-    log = _log_file.get()
+    _reported.update((str(log), *entry) for entry in entries)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as file:
