@@ -5,11 +5,11 @@ The kernel drops a ``flock`` when its process ends, however it ends (kill -9 inc
 left behind; the file keeps the holder's pid, host, command and start time for the refusal message, and a
 file still naming a holder when the lock is free is reported as a stale lock of a killed process. The file
 is emptied, never deleted, on release: deleting it would let two processes lock two different files.
-``flock`` is advisory and local: two hosts writing one run over NFS are not caught.
+``flock`` is advisory and local: two hosts writing one run over NFS are not caught. Where the OS has no
+``fcntl`` (Windows) the holder is still recorded but nothing is locked.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -18,6 +18,11 @@ import time
 from pathlib import Path
 
 from shared.errors import RunDirError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
 
 LOCK_FILE = ".mldm.lock"
 
@@ -30,7 +35,8 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise RunDirError(f"{self.path.parent}: in use by {_describe(self._holder())}; one writer per run "
@@ -43,13 +49,15 @@ class RunLock:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(record).encode())
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)  # a clean release leaves no holder on record
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 
