@@ -62,10 +62,10 @@ def train(cfg: DictConfig) -> int:
     plan = planned_stages(cfg)
     settings = {spec.name: stage_settings(cfg.trainer, overrides, spec.name) for _, spec, overrides in plan}
     rank, world = distributed.setup(device)
-    for name, stage_setting in settings.items():  # every stage's settings hold before the first one trains
-        check_batch_split(stage_setting, world, name)
     stage = None
     try:
+        for name, stage_setting in settings.items():  # every stage's settings hold before the first one trains
+            check_batch_split(stage_setting, world, name)
         for index, spec, _ in plan:
             stage = spec.name
             torch.manual_seed(derive_seed(cfg.seed, index))  # the networks' initial weights: a function of the seed
