@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -35,16 +35,16 @@ def build_pipeline(cfg: DictConfig, with_model: bool = True):
     return instantiate(cfg.modality.pipeline)(cfg=cfg, run_dir=run_dir, device=resolve_device(cfg.get("device", "auto")))
 
 
-def writing_to(cfg: DictConfig, out_dir: Path, command: str) -> ExitStack:
+@contextmanager
+def writing_to(cfg: DictConfig, out_dir: Path, command: str):
     """Held while ``command`` writes ``out_dir``: the run's lock when out_dir lies inside the run, and the
     ``overwrite`` policy. ``out_dir`` is checked before any work, so a refusal costs no sampling."""
-    stack = ExitStack()
-    stack.enter_context(overwriting(bool(cfg.get("overwrite"))))
-    check_writable(out_dir)
     run_dir = Path(cfg.run_dir).absolute() if cfg.get("run_dir") else None
-    if run_dir is not None and out_dir.absolute().is_relative_to(run_dir):
-        stack.enter_context(RunLock(run_dir, command))
-    return stack
+    inside = run_dir is not None and out_dir.absolute().is_relative_to(run_dir)
+    with overwriting(bool(cfg.get("overwrite"))):
+        check_writable(out_dir)
+        with RunLock(run_dir, command) if inside else nullcontext():
+            yield
 
 
 SAMPLING_OPTIONS = ("partial", "init", "strength", "mask")

@@ -76,3 +76,20 @@ def test_a_failure_after_a_checkpoint_keeps_the_run_for_resume(tmp_path):
     with pytest.raises(RunDirError, match="already holds a run; pass resume=true"):
         with open_run_dir(cfg(tmp_path / "run")):
             pass
+
+
+def test_sample_and_evaluate_lock_the_run_only_when_writing_into_it_and_leak_no_overwrite(tmp_path):
+    from shared.cli.commands import writing_to
+    from shared.io import sample_dir
+
+    run = tmp_path / "run"
+    with writing_to(OmegaConf.create({"run_dir": str(run), "overwrite": True}), run / "samples" / "x", "sample"):
+        assert sample_dir._overwrite.get() and (run / LOCK_FILE).read_text()
+        with RunLock(tmp_path / "elsewhere", "sample"):  # another directory is free
+            pass
+    assert (run / LOCK_FILE).read_text() == "" and not sample_dir._overwrite.get()
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(RunDirError, match="is not a directory"):
+        with writing_to(OmegaConf.create({"run_dir": None, "overwrite": True}), tmp_path / "a_file", "sample"):
+            pass
+    assert not sample_dir._overwrite.get()  # a refusal leaves no overwrite policy behind for the next call
