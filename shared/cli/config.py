@@ -124,7 +124,13 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run_dir={run_dir}: no config.yaml there (not a training run directory)")
-    tree = _moved_targets(OmegaConf.to_container(OmegaConf.load(path)))
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as error:  # yaml's and OmegaConf's many types: a damaged or hand-edited file
+        raise ConfigError(f"{path}: unreadable ({type(error).__name__}: {one_line(error)[:200]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: not a mapping of config keys")
+    tree = _moved_targets(tree)
     if isinstance(tree.get("modality"), dict):
         tree["modality"] = upgrade_task_factory(tree["modality"], config_dir())
     return OmegaConf.create(tree)

@@ -238,3 +238,10 @@ def test_evaluate_data_from_a_preset(fake):
     cfg = CALLS[-1]
     assert cfg.source == "data" and cfg.split == "val" and cfg.modality.name == "fake"
     assert not (fake / "runs").exists()
+
+
+@pytest.mark.parametrize("text,message", [("a: [1\n", "config.yaml: unreadable (ParserError"),
+                                          ("- 1\n", "config.yaml: not a mapping of config keys")])
+def test_a_damaged_run_config_is_named(capsys, tmp_path, text, message):
+    (tmp_path / "config.yaml").write_text(text)
+    assert message in error_line(capsys, ["sample", f"run_dir={tmp_path}"])
