@@ -152,9 +152,9 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
                 losses, micro_logs = self.task.losses(batch, random, self.step)
             finite = all(bool(torch.isfinite(v).all()) for v in losses.values())
-            if not finite:
-                self._blame_data(batch, micro)
-            if distributed.any_across(not finite, self.world, self.device):
+            if distributed.any_across(not finite, self.world, self.device):  # every process takes part, then
+                if not finite:                                                 # the one holding NaN data says so
+                    self._blame_data(batch, micro)
                 bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
                 raise NonFiniteLoss(f"non-finite {'/'.join(bad) or 'loss on another process'} at step {self.step}")
             names = list(losses)
