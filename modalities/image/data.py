@@ -6,7 +6,6 @@ Every item is a dict ``{"image": float [3, H, W] in [-1, 1], "caption": str, "la
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.io.data_errors import data_error, describe, excerpt, non_finite_rows, reason_of
 from shared.errors import DataError
+from shared.io.captions import folder_captions
+from shared.io.data_errors import data_error, describe, non_finite_rows, reason_of
 from shared.io.skipped_inputs import report_skipped
 
 SHAPES = ("circle", "square", "triangle")
@@ -224,23 +224,6 @@ def read_image(path, size: int, grayscale: bool = False) -> torch.Tensor:
     return uint8_to_float(pixels[None] if grayscale else pixels.permute(2, 0, 1))
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise data_error(path, f"not UTF-8 text ({describe(exc)})") from exc
-
-
-def _caption_entry(line: str, index_file: Path, number: int) -> tuple[str, str]:
-    """(file relative to the root, caption) of one ``captions.jsonl`` line."""
-    try:
-        entry = json.loads(line)
-        return Path(entry["file"]).as_posix(), str(entry["caption"])
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deeply nested JSON
-        raise DataError(f"{index_file}:{number}: expected "
-                        f'{{"file": ..., "caption": ...}}, got {excerpt(line)}') from exc
-
-
 class ImageFolder(torch.utils.data.Dataset):
     """Every image under ``root`` (recursive; png/jpg/jpeg/webp/bmp, sorted by relative path).
 
@@ -279,36 +262,11 @@ class ImageFolder(torch.utils.data.Dataset):
         report_skipped(self.root, reasons)
         if not self.files:
             raise data_error(self.root, f"no readable images ({len(self.skipped)} skipped)")
-        self.captions = self._read_captions()
+        self.captions = folder_captions(self.root, self.files, self.files + self.skipped, "images")
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped)
-
-    def _read_captions(self) -> list[str]:
-        listed: dict[str, str] = {}
-        index_file = self.root / "captions.jsonl"
-        if index_file.is_file():
-            for number, line in enumerate(_read_text(index_file).splitlines(), 1):
-                if line.strip():
-                    file, caption = _caption_entry(line, index_file, number)
-                    listed[file] = caption
-            known = {p.relative_to(self.root).as_posix() for p in self.files + self.skipped}
-            unknown = sorted(set(listed) - known)
-            if unknown:
-                raise data_error(index_file, f"lists files that are not images under {self.root}: {unknown[:5]}")
-        captions = []
-        for path in self.files:
-            relative = path.relative_to(self.root).as_posix()
-            sidecars = [path.with_suffix(".txt"), path.with_name(path.name + ".txt")]
-            sidecar = next((s for s in sidecars if s.is_file()), None)
-            if relative in listed:
-                captions.append(listed[relative])
-            elif sidecar is not None:
-                captions.append(_read_text(sidecar).strip())
-            else:
-                captions.append("")
-        return captions
 
     def __len__(self) -> int:
         return len(self.files)
