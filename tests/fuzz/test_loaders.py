@@ -310,3 +310,34 @@ def test_single_xyz_reader(ops):
             symbols, coordinates, _ = read
             assert coordinates.shape == (len(symbols), 3)
             assert_finite(coordinates)
+
+
+# -- videos -------------------------------------------------------------------------------------------
+def _video_bytes(lossless: bool) -> bytes:
+    from modalities.video.files import write_mp4
+
+    with folder() as root:
+        frames = np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+        return write_mp4(root / "v.mp4", frames, lossless=lossless).read_bytes()
+
+
+VIDEOS = {".mp4": _video_bytes(lossless=True), ".mov": _video_bytes(lossless=False)}
+
+
+@FUZZ
+@given(fuzzed(VIDEOS))
+def test_video_files(case):   # what moving_shapes reads back and what a video folder opens
+    from modalities.video.files import read_video
+    from modalities.video.folder import VideoFolder
+
+    suffix, data = case
+    with folder() as root:
+        path = root / f"clip{suffix}"
+        path.write_bytes(data)
+        frames = outcome(lambda: read_video(path), path)
+        if frames is not None:
+            assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3
+        clips = outcome(lambda: VideoFolder(root, size=16, num_frames=2), path)
+        item = outcome(lambda: clips[0], path) if clips is not None else None
+        if item is not None:
+            assert item["video"].shape == (2, 3, 16, 16)

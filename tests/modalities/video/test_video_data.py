@@ -72,3 +72,42 @@ def test_a_playable_mp4_and_damaged_files_are_named(tmp_path):
         read_video(tmp_path / "nope.mp4")
     with pytest.raises(DataError, match="has 4 frames, frames 0..9 were asked for"):
         read_video(tmp_path / "exact.mp4", indices=range(10))
+
+
+def _video(path, frames, size=(48, 64)):
+    rng = np.random.default_rng(len(str(path)))
+    return write_mp4(path, rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8))
+
+
+def test_a_video_folder_gives_clips_with_captions_and_names_bad_files(tmp_path, capsys):
+    from modalities.video.folder import VideoFolder
+
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    _video(root / "a.mp4", 20)
+    _video(root / "sub" / "b.mp4", 9)
+    (root / "a.txt").write_text("a red circle moving left\n")
+    data = VideoFolder(root, size=32, num_frames=4, frame_stride=2)  # a clip spans 7 frames
+    assert len(data) == 2 + 1 and data.clips == [(0, 0), (0, 7), (1, 0)]
+    item = data[1]
+    assert item["video"].shape == (4, 3, 32, 32) and item["caption"] == "a red circle moving left"
+    assert data[2]["caption"] == ""
+    whole = read_video(root / "a.mp4")
+    from PIL import Image
+    from modalities.image.data import resize_center_crop
+    expected = np.asarray(resize_center_crop(Image.fromarray(whole[9]), 32))
+    np.testing.assert_array_equal(data.clip(1)[1], expected)  # clip 1 starts at frame 7, every 2nd frame
+
+    (root / "broken.mp4").write_bytes((root / "a.mp4").read_bytes()[:300])
+    (root / "empty.webm").write_bytes(b"")
+    _video(root / "short.mp4", 3)
+    with pytest.raises(DataError, match="broken.mp4: cannot open video"):
+        VideoFolder(root, num_frames=4, frame_stride=2)
+    kept = VideoFolder(root, num_frames=4, frame_stride=2, skip_bad=True)
+    assert kept.num_skipped == 3 and len(kept) == 3
+    assert f"skipped 3 bad input(s) of {root}" in capsys.readouterr().err
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (root / "short.mp4").rename(alone / "short.mp4")
+    with pytest.raises(DataError, match=r"short.mp4: 3 frames, fewer than one clip needs \(4 every 2: 7\)"):
+        VideoFolder(alone, num_frames=4, frame_stride=2)
