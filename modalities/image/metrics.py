@@ -132,7 +132,14 @@ def _color_checks(pixels, main, failed) -> np.ndarray:
     return color
 
 
-def _shape_checks(main, failed) -> np.ndarray:
+@dataclass(frozen=True)
+class ShapeLimits:
+    """The size and fill ranges the kind checks accept (moving_shapes' smaller shapes rasterise fuller)."""
+    extent: tuple[float, float] = EXTENT_RANGE
+    fill: tuple[tuple[float, float], ...] = tuple(FILL_RANGES[s] for s in SHAPES)
+
+
+def _shape_checks(main, failed, limits: ShapeLimits) -> np.ndarray:
     """Placement, size and kind of the main component. -> shape index."""
     _, height, width = main.shape
     area = main.sum((1, 2))
@@ -144,14 +151,14 @@ def _shape_checks(main, failed) -> np.ndarray:
     aspect = box_w / np.maximum(box_h, 1)
     failed["aspect"] = (aspect < ASPECT_RANGE[0]) | (aspect > ASPECT_RANGE[1])
     extent = np.maximum(box_h, box_w) / min(height, width)
-    failed["size"] = (extent < EXTENT_RANGE[0]) | (extent > EXTENT_RANGE[1])
+    failed["size"] = (extent < limits.extent[0]) | (extent > limits.extent[1])
 
     templates = _templates(top, bottom, left, right, area, height, width)
     iou = (templates & main).sum((2, 3)) / np.maximum((templates | main).sum((2, 3)), 1)  # [3, N]
     kind = iou.argmax(0)
     fill = area / np.maximum(box_h * box_w, 1)             # disk pi/4, square 1, triangle 1/2
-    low = np.array([FILL_RANGES[s][0] for s in SHAPES])[kind]
-    high = np.array([FILL_RANGES[s][1] for s in SHAPES])[kind]
+    low = np.array([low for low, _ in limits.fill])[kind]
+    high = np.array([high for _, high in limits.fill])[kind]
     # Upright triangle: the top third of the rows is much narrower than the bottom third.
     row_index, third = np.arange(height)[None, :], np.maximum(box_h // 3, 1)[:, None]
     widths = main.sum(2)                                                                 # [N, H]
@@ -166,7 +173,7 @@ def _shape_checks(main, failed) -> np.ndarray:
     return kind
 
 
-def _judge_chunk(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+def _judge_chunk(pixels: np.ndarray, limits: ShapeLimits) -> tuple[np.ndarray, np.ndarray, dict]:
     brightness = pixels.max(1)                                                           # [N, H, W]
     foreground = brightness > FOREGROUND_MIN
     main = _main_component(foreground)
@@ -177,18 +184,18 @@ def _judge_chunk(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
     bg_mean = (brightness * background).sum((1, 2)) / np.maximum(background.sum((1, 2)), 1)
     failed["background"] = bg_mean > BACKGROUND_MEAN_MAX
     color = _color_checks(pixels, main, failed)
-    kind = _shape_checks(main, failed)
+    kind = _shape_checks(main, failed, limits)
     for check in CHECKS[1:]:        # nothing else is meaningful for an empty image
         failed[check] = failed[check] | failed["empty"]
     return color, kind, failed
 
 
-def judge(images, chunk: int = 2048) -> Judgement:
+def judge(images, chunk: int = 2048, limits: ShapeLimits = ShapeLimits()) -> Judgement:
     """Judge a batch of images (float [-1, 1] or uint8; channel-first or channel-last)."""
     pixels = to_pixel_scale(images)
     colors, kinds, failed = [], [], {check: [] for check in CHECKS}
     for start in range(0, len(pixels), chunk):
-        color, kind, fails = _judge_chunk(pixels[start:start + chunk])
+        color, kind, fails = _judge_chunk(pixels[start:start + chunk], limits)
         colors.append(color)
         kinds.append(kind)
         for check in CHECKS:
