@@ -9,6 +9,7 @@ Two encodings, both H.264:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,12 @@ def write_mp4(path, frames: np.ndarray, fps: int = 8, lossless: bool = True) -> 
 
     atomic_write_path(path, encode)
     return Path(path)
+
+
+def mp4_bytes(frames: np.ndarray, fps: int = 8, lossless: bool = False) -> bytes:
+    """The bytes of ``write_mp4``'s file (for writers that take contents, like the sample-directory writer)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return write_mp4(Path(folder) / "video.mp4", frames, fps=fps, lossless=lossless).read_bytes()
 
 
 def _decord():

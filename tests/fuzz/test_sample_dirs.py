@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from modalities.image.export import export_image_samples, load_image_samples
 from modalities.molecule.export import export_molecule_samples, load_molecule_samples
 from modalities.shape.export import export_meshes, export_point_clouds, load_shape_samples
+from modalities.video.export import export_videos, load_video_samples
 from shared.errors import UserError
 from shared.io.sample_dir import read_arrays, read_index, write_sample_dir
 
@@ -88,8 +89,14 @@ def _cloud_dir(root):
     return export_point_clouds(root, np.random.default_rng(0).random((2, 16, 3)), labels=[0, 1], label_names=["a", "b"])
 
 
+def _video_dir(root):
+    return export_videos(root, np.random.default_rng(0).integers(0, 255, (2, 3, 16, 16, 3), dtype=np.uint8),
+                         prompts=["a red circle moving left", "x"], seeds=[0, 1])
+
+
 LOADERS = {"image": (_image_dir, load_image_samples), "molecule": (_molecule_dir, load_molecule_samples),
-           "mesh": (_mesh_dir, load_shape_samples), "cloud": (_cloud_dir, load_shape_samples)}
+           "mesh": (_mesh_dir, load_shape_samples), "cloud": (_cloud_dir, load_shape_samples),
+           "video": (_video_dir, load_video_samples)}
 DAMAGE = st.tuples(st.integers(0, 50), st.sampled_from(["delete", "truncate", "flip", "replace"]),
                    st.integers(0, 10_000), st.binary(max_size=64))
 
