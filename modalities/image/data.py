@@ -15,8 +15,8 @@ from PIL import Image
 
 from shared.errors import DataError
 from shared.io.captions import folder_captions
-from shared.io.data_errors import data_error, describe, non_finite_rows, reason_of
-from shared.io.skipped_inputs import report_skipped
+from shared.io.data_errors import describe, non_finite_rows
+from shared.io.media_folder import media_files, readable_files
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue")
@@ -240,28 +240,10 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root, size: int = 32, skip_bad: bool = False, verify: bool = True):
         self.root, self.size = Path(root), int(size)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist or is not a directory")
-        candidates = sorted(p for p in self.root.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not candidates:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.root}")
-        self.files: list[Path] = []
-        self.skipped: list[Path] = []
-        reasons = []
-        for path in candidates:
-            try:
-                if verify:
-                    _check_image(path)
-                self.files.append(path)
-            except BadImageError as exc:
-                if not skip_bad:
-                    raise
-                self.skipped.append(path)
-                reasons.append((path, reason_of(exc, path)))
-        report_skipped(self.root, reasons)
-        if not self.files:
-            raise data_error(self.root, f"no readable images ({len(self.skipped)} skipped)")
+        candidates = media_files(self.root, IMAGE_SUFFIXES, "images")
+        kept, self.skipped = readable_files(self.root, candidates, _check_image if verify else (lambda path: None),
+                                            skip_bad, "images")
+        self.files: list[Path] = [path for path, _ in kept]
         self.captions = folder_captions(self.root, self.files, self.files + self.skipped, "images")
 
     @property

@@ -14,10 +14,9 @@ from PIL import Image
 
 from modalities.image.data import resize_center_crop, uint8_to_float
 from modalities.video.files import VIDEO_SUFFIXES, frame_count, read_video
-from shared.errors import DataError
 from shared.io.captions import folder_captions
-from shared.io.data_errors import data_error, reason_of
-from shared.io.skipped_inputs import report_skipped
+from shared.io.data_errors import data_error
+from shared.io.media_folder import media_files, readable_files
 
 
 class VideoFolder(torch.utils.data.Dataset):
@@ -25,30 +24,19 @@ class VideoFolder(torch.utils.data.Dataset):
         self.root, self.size, self.num_frames, self.stride = Path(root), int(size), int(num_frames), int(frame_stride)
         if self.num_frames < 1 or self.stride < 1:
             raise ValueError(f"num_frames={num_frames} and frame_stride={frame_stride} must be >= 1")
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"video folder {self.root} does not exist or is not a directory")
-        candidates = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-        if not candidates:
-            raise FileNotFoundError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found under {self.root}")
+        candidates = media_files(self.root, VIDEO_SUFFIXES, "videos")
         span = (self.num_frames - 1) * self.stride + 1  # frames one clip covers
-        self.files, self.skipped, self.clips, reasons = [], [], [], []
-        for path in candidates:
-            try:
-                count = frame_count(path)
-                if count < span:
-                    raise data_error(path, f"{count} frames, fewer than one clip needs ({num_frames} every "
-                                           f"{frame_stride}: {span})")
-            except DataError as error:
-                if not skip_bad:
-                    raise
-                self.skipped.append(path)
-                reasons.append((path, reason_of(error, path)))
-                continue
-            self.clips += [(len(self.files), start) for start in range(0, count - span + 1, span)]
-            self.files.append(path)
-        report_skipped(self.root, reasons)
-        if not self.files:
-            raise data_error(self.root, f"no readable videos ({len(self.skipped)} skipped)")
+
+        def clip_starts(path: Path) -> range:
+            count = frame_count(path)
+            if count < span:
+                raise data_error(path, f"{count} frames, fewer than one clip needs ({num_frames} every "
+                                       f"{frame_stride}: {span})")
+            return range(0, count - span + 1, span)
+
+        kept, self.skipped = readable_files(self.root, candidates, clip_starts, skip_bad, "videos")
+        self.files = [path for path, _ in kept]
+        self.clips = [(video, start) for video, (_, starts) in enumerate(kept) for start in starts]
         self.video_captions = folder_captions(self.root, self.files, self.files + self.skipped, "videos")
 
     @property
