@@ -32,11 +32,12 @@ class NonFiniteSamples(UserError):
     """Sampling produced NaN/inf; nothing was written. The message names the likely cause."""
 
 
-def find_user_error(error: BaseException) -> UserError | None:
-    """``error`` or the first UserError among its causes (hydra's ``instantiate`` wraps what a builder raised)."""
+def find_cause(error: BaseException, types=(UserError,)) -> BaseException | None:
+    """``error`` or the first of its causes (``raise ... from``) of one of ``types``: hydra's ``instantiate``
+    wraps what a builder raised."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
+        if isinstance(error, types):
             return error
         seen.add(id(error))
         error = error.__cause__

@@ -23,7 +23,7 @@ from dataclasses import fields
 from omegaconf import DictConfig, OmegaConf
 
 from shared.cli.config import SCHEMAS, build_config, config_dir, group_options, one_line
-from shared.errors import ConfigError, find_user_error
+from shared.errors import ConfigError, UserError, find_cause
 from shared.io.run_dir import open_run_dir
 
 # The single dispatch table: command -> "module:function" called with the resolved config.
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(command: str, error: Exception) -> int:
     """One line for any error: exit 2 for what the user can fix, 1 for a bug in mldm."""
-    cause = find_user_error(error) or _builtin_user_error(error)
+    # a ValueError (a bad value: e.g. a config option a builder rejects) or an OSError (a missing file, a full
+    # disk) counts as the user's too
+    cause = find_cause(error, (UserError,)) or find_cause(error, (ValueError, OSError))
     if cause is not None:
         if isinstance(cause, OSError) and cause.filename is not None and cause.strerror:
             return _fail(command, f"{cause.filename}: {cause.strerror}")
@@ -166,16 +168,6 @@ def _report(command: str, error: Exception) -> int:
     print(f"mldm {command}: internal error: {type(error).__name__}: {one_line(error)} (a bug in mldm; "
           f"rerun with --debug for the traceback and report it)", file=sys.stderr)
     return 1
-
-
-def _builtin_user_error(error: BaseException) -> Exception | None:
-    """A ValueError (a bad value: e.g. a config option a builder rejects) or an OSError (a missing file, a
-    full disk), here or among the causes hydra's ``instantiate`` wraps, counts as the user's."""
-    for _ in range(20):  # a chain of causes, explicitly raised `from`
-        if error is None or isinstance(error, (ValueError, OSError)):
-            return error
-        error = error.__cause__
-    return None
 
 
 if __name__ == "__main__":
