@@ -68,14 +68,24 @@ class DiTBackbone(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, time, cond):
-        b, _, h, w = x.shape
-        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.positions
-        c = self.time_mlp(timestep_embedding(time, tokens.shape[-1])) + self.cond_proj(cond.pooled.to(x.dtype))
-        for block in self.blocks:
-            tokens = block(tokens, c)
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with positions [B, N, width]."""
+        return self.embed(x).flatten(2).transpose(1, 2) + self.positions
+
+    def conditioning(self, time: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The adaLN input c = MLP(time embedding) + projected pooled condition, [B, width]."""
+        return self.time_mlp(timestep_embedding(time, self.positions.shape[-1])) + self.cond_proj(pooled)
+
+    def output(self, tokens: torch.Tensor, c: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Final adaLN layer and un-patchify: [B, out_channels, h, w]."""
         shift, scale = self.final_modulation(c).chunk(2, dim=1)
         out = self.final(modulate(self.final_norm(tokens), shift, scale))
         p, g = self.patch, self.grid
-        out = out.view(b, g, g, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(b, self.out_channels, h, w)
+        out = out.view(len(tokens), g, g, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(len(tokens), self.out_channels, h, w)
+
+    def forward(self, x, time, cond):
+        tokens, c = self.tokens(x), self.conditioning(time, cond.pooled.to(x.dtype))
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        return self.output(tokens, c, *x.shape[-2:])

@@ -1,73 +1,142 @@
 """Video denoising backbones: an image backbone aligned in time ("Align your latents", Blattmann et al. 2023).
 
-A temporal layer follows every spatial layer and starts as the identity, so at initialisation the video
-model is the image model applied frame by frame; the spatial layers stay frozen unless ``train_spatial``
-(Stable Video Diffusion fine-tunes everything). Raw-backbone signature ``backbone(x, time, cond)`` with
-``x`` latents [B, T, C, H, W] and one condition per video (``cond.tokens`` [B, L, D], ``cond.mask`` [B, L]).
+A temporal layer follows every spatial layer (``modalities.video.temporal``) and starts as the identity, so at
+initialisation the video model is exactly the image model applied frame by frame; the spatial layers stay
+frozen unless ``train_spatial`` (Stable Video Diffusion fine-tunes everything). With ``context_frames`` the
+known frames of a :class:`~modalities.video.conditions.VideoCondition` enter through a zero-initialised
+projection added to the first layer's output (Emu Video conditions on the image by concatenation; a separate
+projection keeps the frozen input layer the image model's).
+
+Raw-backbone signature ``backbone(x, time, cond)``: ``x`` latents [B, T, C, H, W], ``time`` [B], ``cond`` a
+``VideoCondition`` or a ``TextCondition`` (one prompt per video).
 """
 from __future__ import annotations
 
+import math
+
 import torch
-from diffusers import MotionAdapter, UNetMotionModel
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.resnet import AlphaBlender, TemporalConvLayer
 from torch import nn
 
-from modalities.image.backbones import UNetBackbone
+from modalities.blocks import DiTBlock, timestep_embedding
+from modalities.image.backbones import DiTBackbone, UNetBackbone
+from modalities.video.conditions import context_input
+from modalities.video.temporal import TEMPORAL_LAYERS, FrameContext, attach_after, check_layers
 
 
-class MaskedCrossAttention(AttnProcessor2_0):
-    """Cross-attention that skips padded text tokens. diffusers' ``UNetMotionModel.forward`` takes no
-    ``encoder_attention_mask`` (its blocks do), so the backbone hands the mask to these processors per call,
-    as the additive bias ``UNet2DConditionModel`` builds from it."""
+def _frames_context(cond, x: torch.Tensor) -> torch.Tensor:
+    return context_input(getattr(cond, "frames", None), getattr(cond, "known", None), x)
 
-    def __init__(self):
-        super().__init__()
-        self.bias: torch.Tensor | None = None
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        if encoder_hidden_states is not None and self.bias is not None:
-            attention_mask = self.bias
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+def _zero_conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2 if stride == 1 else 0)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _add_context(layer, args, output):
+    projection, context = layer.__dict__["_context_projection"], layer.__dict__["_frame_context"]
+    if context.known_frames is None:  # called outside the video forward
+        return output
+    return output + projection(context.known_frames.to(output.dtype))
 
 
 class VideoUNetBackbone(nn.Module):
-    """The image U-Net (``modalities.image.backbones.UNetBackbone``) with diffusers' temporal transformers
-    (``UNetMotionModel.from_unet2d``) after every spatial block. diffusers initialises their output
-    projections randomly; here they start at zero, which makes each temporal block the identity."""
+    """The image U-Net (``UNetBackbone``, diffusers' ``UNet2DConditionModel``) with a temporal mixer after every
+    resnet and spatial transformer; frames run as a batch through the spatial layers."""
 
-    def __init__(self, image: UNetBackbone, motion_heads: int = 4, max_frames: int = 32, train_spatial: bool = False):
+    def __init__(self, image: UNetBackbone, layers=TEMPORAL_LAYERS, heads: int = 4, max_frames: int = 32,
+                 train_spatial: bool = False, context_frames: bool = False):
         super().__init__()
-        config = image.unet.config
-        adapter = MotionAdapter(block_out_channels=tuple(config.block_out_channels),
-                                motion_layers_per_block=config.layers_per_block,
-                                motion_norm_num_groups=config.norm_num_groups, motion_num_attention_heads=motion_heads,
-                                motion_max_seq_length=max_frames, use_motion_mid_block=config.mid_block_type is not None)
-        self.unet = UNetMotionModel.from_unet2d(image.unet, adapter)
-        for name, parameter in self.unet.named_parameters():
-            if ".motion_modules." in f".{name}" and ".proj_out." in name:
-                nn.init.zeros_(parameter)
-        self.cross_attention = {}
-        for name, module in self.unet.attn_processors.items():
-            if "motion_modules" not in name and name.endswith("attn2.processor"):
-                self.cross_attention[name] = MaskedCrossAttention()
-        self.unet.set_attn_processor({name: self.cross_attention.get(name, processor)
-                                      for name, processor in self.unet.attn_processors.items()})
+        self.unet = image.unet
         if not train_spatial:
-            self.unet.freeze_unet2d_params()
-
-    def temporal_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.unet.named_parameters() if "motion_modules" in name]
+            self.unet.requires_grad_(False)
+        self.context = FrameContext()
+        spatial = []
+        for block in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]:
+            spatial += [(resnet, resnet.out_channels) for resnet in block.resnets]
+            spatial += [(attention, attention.config.in_channels) for attention in getattr(block, "attentions", [])]
+        self.temporal = attach_after(spatial, self.context, layers=check_layers(layers), heads=heads,
+                                     text_dim=self.unet.config.cross_attention_dim, max_frames=max_frames,
+                                     groups=self.unet.config.norm_num_groups)
+        self.context_projection = None
+        if context_frames:
+            channels = self.unet.config.in_channels
+            self.context_projection = _zero_conv(channels + 1, self.unet.config.block_out_channels[0], 3)
+            object.__setattr__(self.unet.conv_in, "_context_projection", self.context_projection)
+            object.__setattr__(self.unet.conv_in, "_frame_context", self.context)
+            self.unet.conv_in.register_forward_hook(_add_context)
 
     def forward(self, x, time, cond):
         batch, frames = x.shape[:2]
-        tokens = cond.tokens.to(x.dtype).repeat_interleave(frames, 0)
-        bias = None if cond.mask is None else \
-            ((1 - cond.mask.to(x.dtype)) * -10000.0).repeat_interleave(frames, 0).unsqueeze(1)
-        for processor in self.cross_attention.values():
-            processor.bias = bias
+        self.context.frames, self.context.text = frames, cond.pooled
+        self.context.known_frames = _frames_context(cond, x) if self.context_projection is not None else None
         try:
-            out = self.unet(x.transpose(1, 2), time, encoder_hidden_states=tokens).sample  # [B, C, T, H, W]
+            out = self.unet(x.flatten(0, 1), time.repeat_interleave(frames),
+                            encoder_hidden_states=cond.tokens.to(x.dtype).repeat_interleave(frames, 0),
+                            encoder_attention_mask=None if cond.mask is None else cond.mask.repeat_interleave(frames, 0))
         finally:
-            for processor in self.cross_attention.values():
-                processor.bias = None
-        return out.transpose(1, 2)
+            self.context.text = self.context.known_frames = None
+        return out.sample.unflatten(0, (batch, frames))
+
+
+class TemporalDiTLayer(nn.Module):
+    """Factorised space-time attention: after a DiT block's attention over the patches of each frame, this
+    attends over the frames at each patch (an adaLN-Zero block, so it sees time and text through c) and/or
+    convolves along them, blended with the spatial output by a learned α; the identity at initialisation."""
+
+    def __init__(self, width: int, heads: int, layers=TEMPORAL_LAYERS, max_frames: int = 32, mlp_ratio: float = 4.0):
+        super().__init__()
+        layers = check_layers(layers)
+        self.attention = DiTBlock(width, heads, mlp_ratio) if "attention" in layers else None
+        self.conv = TemporalConvLayer(width, norm_num_groups=math.gcd(32, width)) if "conv" in layers else None
+        self.register_buffer("positions", timestep_embedding(torch.arange(max_frames), width), persistent=False)
+        self.blend = AlphaBlender(alpha=0.0, merge_strategy="learned")
+
+    def forward(self, tokens: torch.Tensor, c: torch.Tensor, frames: int, grid: int) -> torch.Tensor:
+        temporal = tokens
+        rows, patches, width = tokens.shape  # rows = videos · frames
+        if self.conv is not None:
+            as_maps = temporal.transpose(1, 2).reshape(rows, width, grid, grid)
+            temporal = self.conv(as_maps, num_frames=frames).flatten(2).transpose(1, 2)
+        if self.attention is not None:
+            videos = rows // frames
+            along_time = temporal.unflatten(0, (videos, frames)).transpose(1, 2).reshape(videos * patches, frames, width)
+            c_video = c.unflatten(0, (videos, frames))[:, 0].repeat_interleave(patches, 0)
+            along_time = self.attention(along_time, c_video, positions=self.positions[:frames].to(tokens.dtype))
+            temporal = along_time.unflatten(0, (videos, patches)).transpose(1, 2).reshape(rows, patches, width)
+        return self.blend(tokens, temporal)
+
+
+class VideoDiTBackbone(nn.Module):
+    """The image DiT (``DiTBackbone``) with a :class:`TemporalDiTLayer` after every block."""
+
+    def __init__(self, image: DiTBackbone, layers=TEMPORAL_LAYERS, heads: int = 4, max_frames: int = 32,
+                 train_spatial: bool = False, context_frames: bool = False):
+        super().__init__()
+        self.image = image
+        if not train_spatial:
+            self.image.requires_grad_(False)
+        width = image.positions.shape[-1]
+        self.temporal = nn.ModuleList(TemporalDiTLayer(width, heads, layers, max_frames) for _ in image.blocks)
+        in_channels = image.embed.in_channels
+        self.context_projection = _zero_conv(in_channels + 1, width, image.patch, stride=image.patch) \
+            if context_frames else None
+
+    def forward(self, x, time, cond):
+        batch, frames = x.shape[:2]
+        x_frames = x.flatten(0, 1)
+        tokens = self.image.tokens(x_frames)
+        if self.context_projection is not None:
+            tokens = tokens + self.context_projection(_frames_context(cond, x)).flatten(2).transpose(1, 2)
+        c = self.image.conditioning(time.repeat_interleave(frames), cond.pooled.to(x.dtype).repeat_interleave(frames, 0))
+        for block, temporal in zip(self.image.blocks, self.temporal):
+            tokens = temporal(block(tokens, c), c, frames, self.image.grid)
+        return self.image.output(tokens, c, *x.shape[-2:]).unflatten(0, (batch, frames))
+
+
+def temporal_parameters(backbone: nn.Module) -> list[nn.Parameter]:
+    """What a frozen-spatial video backbone trains: its temporal mixers and context projection."""
+    parts = [backbone.temporal] + ([backbone.context_projection] if backbone.context_projection is not None else [])
+    return [p for part in parts for p in part.parameters()]

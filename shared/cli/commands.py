@@ -4,7 +4,7 @@ A modality config provides ``pipeline`` (a partial called with cfg, run_dir, dev
 object with ``sample(num_samples, prompt, seed) -> result``, ``export(result, out_dir)``,
 ``evaluate_samples(out_dir) -> dict``, ``evaluate_data(split, num_samples) -> dict`` and
 ``nll_terms(split, num_samples)`` (``shared.contract.SamplingPipeline``), and lists the
-sampling options it implements in ``sampling_options`` (of ``partial``, ``init``, ``strength``, ``mask``).
+sampling options it implements in ``sampling_options`` (of ``SAMPLING_OPTIONS``).
 The sampler, its steps and the guidance come from the config (``sampler=``, ``steps=``, ``guidance_scale=``).
 Output goes through the one sample-directory writer (``shared.io.sample_dir``: nothing of a user's is
 overwritten without ``overwrite=true``); a command writing into its run directory holds the run's lock.
@@ -47,7 +47,7 @@ def writing_to(cfg: DictConfig, out_dir: Path, command: str):
             yield
 
 
-SAMPLING_OPTIONS = ("partial", "init", "strength", "mask")
+SAMPLING_OPTIONS = ("partial", "init", "strength", "mask", "first_frame", "num_frames", "context_frames")
 
 
 def check_sampling_options(cfg: DictConfig, pipeline) -> None:

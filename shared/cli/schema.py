@@ -106,6 +106,9 @@ class SampleKeys(GenerateKeys):
     init: Optional[str] = MISSING
     strength: Optional[float] = fraction()
     mask: Optional[str] = MISSING
+    first_frame: Optional[str] = MISSING
+    num_frames: Optional[int] = at_least(1)
+    context_frames: Optional[int] = at_least(1)
     export: ExportKeys = field(default_factory=ExportKeys)
 
 

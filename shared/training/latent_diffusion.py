@@ -51,8 +51,8 @@ class LatentDiffusionStage:
     def modules(self):
         return {"denoiser": self.denoiser, **self.latents.trained_modules()}
 
-    def param_groups(self):
-        return {"main": [p for m in self.modules().values() for p in m.parameters()]}
+    def param_groups(self):  # frozen parameters (a video model's spatial layers) stay out of the optimizer
+        return {"main": [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]}
 
     def ema_modules(self):
         return list(self.modules())

@@ -30,6 +30,8 @@ PRESETS = {
             "autoencoder.width=16", "autoencoder.decoder_width=16", "autoencoder.decoder_depth=1",
             "modality.autoencoder_training.queries=64", "backbone.width=16", "backbone.depth=1",
             "modality.mesh.resolution=16"],
+    "video": ["experiment=video_tiny", "data.num_samples=8", "backbone.width=32",
+              "backbone.depth=1", "modality.temporal.heads=2", "modality.video_decoder.adversarial.discriminator.channels=8"],
     "molecule": ["experiment=molecule_qm9_tiny", "autoencoder.hidden=16", "autoencoder.decoder_blocks=1",
                  "backbone.hidden=16", "backbone.num_blocks=1"],
 }
@@ -113,6 +115,9 @@ def test_sample_i_depends_on_seed_and_i_alone_not_on_the_batch_size(trained, sam
             # property: tests/shared/test_generate.py, with a closed-form denoiser.
             scale = max(1.0, float(np.abs(value).max()))
             np.testing.assert_allclose(two_batches[key], value, rtol=0, atol=1e-2 * scale, err_msg=f"{name}: {key}")
+        elif value.dtype == np.uint8:  # pixels: the same float rounding can tip a value across a level
+            difference = np.abs(two_batches[key].astype(np.int16) - value.astype(np.int16))
+            assert difference.max() <= 1 and (difference > 0).mean() < 0.01, f"{name}: {key}"
         else:
             np.testing.assert_array_equal(two_batches[key], value, err_msg=f"{name}: {key}")
 

@@ -140,8 +140,18 @@ def _molecule_files(tmp_path) -> list[str]:
     return [f"data.paths={tmp_path / 'water.xyz'}"]
 
 
+def _video_folder(tmp_path) -> list[str]:
+    """data=video_folder needs a real folder: one 8-frame MP4."""
+    import numpy as np
+
+    from modalities.video.files import write_mp4
+
+    write_mp4(tmp_path / "clip.mp4", np.zeros((8, 32, 32, 3), np.uint8))
+    return [f"data.root={tmp_path}"]
+
+
 FOLDER_DATA = {("data", "image_folder"): _image_folder, ("data", "mesh_folder"): _mesh_folder,
-               ("data", "molecule_files"): _molecule_files}
+               ("data", "molecule_files"): _molecule_files, ("data", "video_folder"): _video_folder}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -1,64 +1,92 @@
-"""The image U-Net aligned in time: the image model frame by frame at initialisation, spatial weights frozen
-by default, and temporal layers that really mix frames once trained."""
-from types import SimpleNamespace
+"""Image backbones aligned in time: exactly the image model frame by frame at initialisation (every choice of
+temporal layers, both backbones, with and without known frames), spatial weights frozen by default and
+bit-identical after training, and temporal layers that really mix frames and read the prompt."""
+import copy
 
 import pytest
 import torch
 
-from modalities.image.backbones import UNetBackbone
-from modalities.video.backbones import VideoUNetBackbone
+from modalities.image.backbones import DiTBackbone, UNetBackbone
+from modalities.video.backbones import VideoDiTBackbone, VideoUNetBackbone, temporal_parameters
+from modalities.video.conditions import VideoCondition, with_known_frames
+from shared.conditioning.text_encoder import TextCondition
 
-B, T = 2, 4
+B, T, C, S = 2, 4, 4, 8
+LAYERS = [["attention"], ["conv"], ["attention", "conv"]]
+BACKBONES = {
+    "unet": (lambda: UNetBackbone(C, S, 16, block_out_channels=(32, 64), norm_num_groups=8), VideoUNetBackbone),
+    "dit": (lambda: DiTBackbone(C, S, 16, width=64, depth=2, heads=4), VideoDiTBackbone),
+}
 
 
-def tiny_image_unet():
+def text(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return TextCondition(torch.randn(B, 3, 16, generator=g), torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool),
+                         torch.randn(B, 16, generator=g))
+
+
+def per_frame(cond: TextCondition) -> TextCondition:
+    return TextCondition(*(v.repeat_interleave(T, 0) for v in (cond.tokens, cond.mask, cond.pooled)))
+
+
+def build(name, **options):
+    """(a copy of the image backbone, the video backbone made from it: wrapping adopts the image's layers)"""
+    make_image, wrap = BACKBONES[name]
     torch.manual_seed(0)
-    return UNetBackbone(in_channels=4, sample_size=8, cond_dim=16, block_out_channels=(32, 64), norm_num_groups=8)
+    image = make_image()
+    for parameter in image.parameters():  # as if trained: DiT's zero-initialised layers would output 0 forever
+        if not parameter.any():
+            torch.nn.init.normal_(parameter, std=0.02)
+    return copy.deepcopy(image), wrap(image, **options)
 
 
-def condition(mask=True):
-    tokens = torch.randn(B, 3, 16, generator=torch.Generator().manual_seed(1))
-    return SimpleNamespace(tokens=tokens, mask=torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool) if mask else None)
-
-
-def per_frame(cond):
-    return SimpleNamespace(tokens=cond.tokens.repeat_interleave(T, 0),
-                           mask=None if cond.mask is None else cond.mask.repeat_interleave(T, 0))
-
-
-@pytest.mark.parametrize("mask", [True, False])
-def test_at_initialisation_the_video_model_is_the_image_model_frame_by_frame(mask):
-    """Equal up to float32 rounding: the time embedding of 2 rows and of 8 rows already differ by 1e-7 in the
-    BLAS matmul, so bitwise equality is not a property of any batched implementation."""
-    image = tiny_image_unet()
-    video = VideoUNetBackbone(image)
-    x, t, cond = torch.randn(B, T, 4, 8, 8), torch.tensor([10, 500]), condition(mask)
+@pytest.mark.parametrize("layers", LAYERS, ids="+".join)
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_at_initialisation_the_video_model_is_exactly_the_image_model_frame_by_frame(name, layers):
+    image, video = build(name, layers=layers, context_frames=True)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
     with torch.no_grad():
-        frames = image(x.reshape(B * T, 4, 8, 8), t.repeat_interleave(T), per_frame(cond)).reshape(B, T, 4, 8, 8)
-        torch.testing.assert_close(video(x, t, cond), frames, rtol=0, atol=1e-5)
+        frames = image(x.flatten(0, 1), t.repeat_interleave(T), per_frame(cond)).unflatten(0, (B, T))
+        assert torch.equal(video(x, t, cond), frames)
+        assert torch.equal(video(x, t, with_known_frames(cond, torch.randn_like(x), torch.tensor([1, 2]))), frames)
 
 
-def test_spatial_weights_stay_frozen_and_temporal_layers_learn_to_mix_frames():
-    video = VideoUNetBackbone(tiny_image_unet())
-    spatial = {n: p.detach().clone() for n, p in video.unet.named_parameters() if "motion_modules" not in n}
-    assert all(not p.requires_grad for n, p in video.unet.named_parameters() if n in spatial)
-    optimizer = torch.optim.Adam(video.temporal_parameters(), lr=1e-2)
-    x, t, cond = torch.randn(B, T, 4, 8, 8), torch.tensor([10, 500]), condition()
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_spatial_weights_stay_bit_identical_while_temporal_layers_learn_to_mix_frames(name):
+    _, video = build(name, context_frames=True)
+    trainable = {id(p) for p in temporal_parameters(video)}
+    spatial = {n: p.detach().clone() for n, p in video.named_parameters() if id(p) not in trainable}
+    assert spatial and all(not p.requires_grad for n, p in video.named_parameters() if n in spatial)
+    optimizer = torch.optim.Adam([p for p in video.parameters() if p.requires_grad], lr=1e-2)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
     for _ in range(3):
         loss = (video(x, t, cond) - x.flip(1)).square().mean()  # a target only other frames can explain
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    for name, parameter in video.unet.named_parameters():
-        if name in spatial:
-            assert torch.equal(parameter, spatial[name]), f"{name} moved"
+    for n, p in video.named_parameters():
+        if n in spatial:
+            assert torch.equal(p, spatial[n]), f"{n} moved"
     with torch.no_grad():
         changed = x.clone()
-        changed[:, 3] += 1.0                                   # only the last frame changes ...
-        moved = (video(changed, t, cond) - video(x, t, cond))[:, 0].abs().max()
-    assert moved > 1e-4                                        # ... and frame 0's output follows it
+        changed[:, 3] += 1.0  # only the last frame changes ...
+        assert (video(changed, t, cond) - video(x, t, cond))[:, 0].abs().max() > 1e-4  # ... and frame 0 follows
+        if name == "unet":  # the U-Net's spatial layers read the tokens; the pooled prompt reaches the temporal
+            other = TextCondition(cond.tokens, cond.mask, torch.randn_like(cond.pooled))  # attention alone
+            assert (video(x, t, other) - video(x, t, cond)).abs().max() > 1e-5
 
 
-def test_train_spatial_unfreezes_everything():
-    video = VideoUNetBackbone(tiny_image_unet(), train_spatial=True)
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_train_spatial_unfreezes_everything(name):
+    _, video = build(name, train_spatial=True)
     assert all(p.requires_grad for p in video.parameters())
+
+
+def test_dropping_the_condition_forgets_the_known_frames_with_the_prompt():
+    cond = with_known_frames(text(), torch.ones(B, T, C, S, S), torch.tensor([2, 1]))
+    null = TextCondition(torch.zeros(1, 3, 16), torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 16))
+    dropped = cond.where(torch.tensor([True, False]), null)
+    assert dropped.known.tolist() == [[False] * T, [True, False, False, False]]
+    assert dropped.frames[0].abs().sum() == 0 and torch.equal(dropped.frames[1], cond.frames[1])
+    assert torch.equal(dropped.pooled[0], null.pooled[0]) and torch.equal(dropped.pooled[1], cond.pooled[1])
+    assert isinstance(dropped, VideoCondition)
