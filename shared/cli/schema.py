@@ -79,6 +79,7 @@ class TrainKeys:
     run_dir: Optional[str] = MISSING
     seed: int = at_least(0)
     resume: bool = MISSING
+    init_from: Optional[str] = MISSING
     trainer: TrainerKeys = field(default_factory=TrainerKeys)
 
 

@@ -20,7 +20,8 @@ from shared.training.checkpoint import latest_checkpoint
 from shared.training.faults import fault_point
 from shared.training.loop import NonFiniteLoss, Trainer, TrainerSettings, TrainingConfigError, check_batch_split
 from shared.training.randomness import derive_seed
-from shared.training.stage_spec import build_stage, initialise_from, planned_stages
+from shared.training.imports import imported_stages
+from shared.training.stage_spec import build_stage, declared_stages, initialise_from, planned_stages
 
 TRAINER_KEYS = set(TrainerSettings.__dataclass_fields__) - {"extra"} | {"lr", "warmup_steps", "sample_steps",
                                                                          "sample_count"}
@@ -60,6 +61,8 @@ def train(cfg: DictConfig) -> int:
     if not cfg.get("stages"):
         raise ConfigError("stages: the experiment defines no stages to train")
     plan = planned_stages(cfg)
+    imported = imported_stages(cfg, list(declared_stages(cfg).values()), run_dir)
+    plan = [(index, spec, overrides) for index, spec, overrides in plan if spec.name not in imported]
     settings = {spec.name: stage_settings(cfg.trainer, overrides, spec.name) for _, spec, overrides in plan}
     rank, world = distributed.setup(device)
     stage = None

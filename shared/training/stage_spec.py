@@ -9,6 +9,7 @@ A modality config declares its stages (``shared.contract``)::
         build: {_target_: modalities.image.task.diffusion_stage, _partial_: true}
         frozen: [autoencoder]     # stages whose finished weights it uses, frozen
         init_from: null           # a stage whose final weights its modules start from
+        import_from: []           # names under which another run (``init_from=RUN_DIR``) holds this stage
 
 The experiment's ``stages:`` chooses which of them run, in order, with trainer overrides. A stage's name
 comes from its declaration only: the runner names the task, its checkpoints, logs and previews.
@@ -27,7 +28,7 @@ from shared.contract import TrainingTask
 from shared.training.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_meta, with_prefix
 from shared.training.loop import TrainingConfigError
 
-STAGE_KEYS = ("build", "frozen", "init_from")
+STAGE_KEYS = ("build", "frozen", "init_from", "import_from")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class StageSpec:
     build: DictConfig  # a partial: (cfg, run_dir, device) -> TrainingTask
     frozen: tuple[str, ...] = ()
     init_from: str | None = None
+    import_from: tuple[str, ...] = ()
 
 
 def declared_stages(cfg: DictConfig) -> dict[str, StageSpec]:
@@ -51,7 +53,8 @@ def declared_stages(cfg: DictConfig) -> dict[str, StageSpec]:
                                       f"(known: {', '.join(STAGE_KEYS)})")
         if node.get("build") is None:
             raise TrainingConfigError(f"modality.stages.{name}.build: a stage needs a builder (_target_)")
-        specs[name] = StageSpec(name, node.build, tuple(node.get("frozen") or ()), node.get("init_from"))
+        specs[name] = StageSpec(name, node.build, tuple(node.get("frozen") or ()), node.get("init_from"),
+                                tuple(node.get("import_from") or ()))
     for spec in specs.values():
         for key, other in [("frozen", s) for s in spec.frozen] + [("init_from", spec.init_from)]:
             if other is not None and other not in specs:

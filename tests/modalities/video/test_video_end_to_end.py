@@ -82,3 +82,16 @@ def test_evaluate_judges_samples_and_the_data_itself(run_dir, tmp_path, mldm_her
     assert out.returncode == 0, out.stderr[-4000:]
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert data["prompt_accuracy"] >= 0.85 and data["motion"] >= 0.85  # the judge recognises the data it judges
+
+
+def test_a_video_run_takes_another_runs_image_stages_with_init_from(run_dir, tmp_path, mldm_here):
+    video_only = [arg for arg in TINY if not arg.startswith(("stages.autoencoder.", "stages.image_diffusion."))]
+    out = mldm("train", *video_only, "stages.decoder=null", f"init_from={run_dir}", f"run_dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    for stage in ("autoencoder", "image_diffusion"):
+        assert f"{stage}: taken from {run_dir / 'checkpoints' / stage}" in out.stderr
+        copied = tmp_path / "run" / "checkpoints" / stage / "step_00000002.safetensors"
+        assert copied.read_bytes() == (run_dir / "checkpoints" / stage / copied.name).read_bytes()
+    assert (tmp_path / "run" / "checkpoints" / "video_diffusion" / "step_00000002.json").is_file()
+    out = mldm_here("train", *video_only, "backbone.depth=2", f"init_from={run_dir}", f"run_dir={tmp_path / 'other'}")
+    assert out.returncode == 2 and "its backbone" in out.stderr and "differs from this run's" in out.stderr
