@@ -232,12 +232,16 @@ class ShiftedSchedule(NoiseSchedule):
     """Resolution shift: λ'(t) = λ(t) − 2 log(shift) (Hoogeboom et al. 2023, 'simple diffusion').
 
     shift = new_resolution / base_resolution > 1 makes every t noisier, as larger images need.
+    ``time_of_noise_level``: the backbone is told the base schedule's time of the same noise level rather than
+    t, so layers trained on the base schedule (a video model's frozen image layers) see only pairings of time
+    and noise they know; the shift then only moves where training and sampling spend their steps (as SVD
+    shifts its noise distribution while conditioning on σ).
     """
 
-    def __init__(self, base: NoiseSchedule, shift: float):
+    def __init__(self, base: NoiseSchedule, shift: float, time_of_noise_level: bool = False):
         if shift <= 0:
             raise ValueError(f"shift must be positive, got {shift}")
-        self.base, self.shift = base, shift
+        self.base, self.shift, self.time_of_noise_level = base, shift, time_of_noise_level
         self.num_train_steps = base.num_train_steps
 
     def log_snr(self, t):
@@ -247,6 +251,8 @@ class ShiftedSchedule(NoiseSchedule):
         return torch.sigmoid(self.log_snr(t))
 
     def model_time(self, t):
+        if self.time_of_noise_level:
+            return self.base.model_time(self.base.t_from_log_snr(self.log_snr(t)))
         return self.base.model_time(t)
 
     def sampling_times(self, steps, t_max=1.0):

@@ -109,3 +109,14 @@ def test_dlog_snr_dt_matches_finite_difference():
     h = 1e-6
     numeric = (schedule.log_snr(t + h) - schedule.log_snr(t - h)) / (2 * h)
     assert torch.allclose(schedule.dlog_snr_dt(t), numeric, rtol=1e-6)
+
+
+def test_a_shifted_schedule_can_tell_the_backbone_the_base_time_of_the_same_noise_level():
+    """With time_of_noise_level the base schedule at the reported time has exactly the shifted log-SNR, so
+    layers trained on the base schedule see noise levels paired with the times they learned them at."""
+    base, t = CosineSchedule(), torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
+    shifted = ShiftedSchedule(base, 2.0, time_of_noise_level=True)
+    reported = shifted.model_time(t) / 1000.0
+    torch.testing.assert_close(base.log_snr(reported), shifted.log_snr(t), rtol=0, atol=1e-9)
+    assert (reported > t).all()  # shift > 1: every t is noisier, so it reads as a later base time
+    assert torch.equal(ShiftedSchedule(base, 2.0).model_time(t), base.model_time(t))
