@@ -95,3 +95,23 @@ def test_a_video_run_takes_another_runs_image_stages_with_init_from(run_dir, tmp
     assert (tmp_path / "run" / "checkpoints" / "video_diffusion" / "step_00000002.json").is_file()
     out = mldm_here("train", *video_only, "backbone.depth=2", f"init_from={run_dir}", f"run_dir={tmp_path / 'other'}")
     assert out.returncode == 2 and "its backbone" in out.stderr and "differs from this run's" in out.stderr
+
+
+def test_evaluate_reports_fvd_with_a_local_feature_network(run_dir, tmp_path, mldm_here):
+    import torch
+
+    class Features(torch.nn.Module):  # a tiny random video network with the I3D detector's call signature
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(3, 8, 3, stride=2)
+
+        def forward(self, videos, rescale: bool = False, resize: bool = False, return_features: bool = True):
+            return self.conv(videos).mean((2, 3, 4))
+
+    torch.manual_seed(0)
+    torch.jit.script(Features()).save(str(tmp_path / "features.pt"))
+    out = mldm_here("evaluate", f"run_dir={run_dir}", "num_samples=4", "steps=2", f"out_dir={tmp_path / 'out'}",
+                    f"modality.fvd.network={tmp_path / 'features.pt'}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert metrics["fvd"] > 0 and np.isfinite(metrics["fvd"])
