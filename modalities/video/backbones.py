@@ -83,7 +83,7 @@ class VideoUNetBackbone(nn.Module):
 
 class TemporalDiTLayer(nn.Module):
     """Factorised space-time attention: after a DiT block's attention over the patches of each frame, this
-    attends over the frames at each patch (an adaLN-Zero block, so it sees time and text through c) and/or
+    attends over the frames at each patch (an adaLN-Zero block, so it sees time and text through its c) and/or
     convolves along them, blended with the spatial output by a learned α; the identity at initialisation."""
 
     def __init__(self, width: int, heads: int, layers=TEMPORAL_LAYERS, max_frames: int = 32, mlp_ratio: float = 4.0):
@@ -120,6 +120,9 @@ class VideoDiTBackbone(nn.Module):
             self.image.requires_grad_(False)
         width = image.positions.shape[-1]
         self.temporal = nn.ModuleList(TemporalDiTLayer(width, heads, layers, max_frames) for _ in image.blocks)
+        # the temporal layers' own view of the prompt: the frozen image projection was trained where direction
+        # words carried no signal (a single frame shows none), so it need not keep them
+        self.temporal_text = nn.Linear(image.cond_proj.in_features, width)
         in_channels = image.embed.in_channels
         self.context_projection = _zero_conv(in_channels + 1, width, image.patch, stride=image.patch) \
             if context_frames else None
@@ -130,13 +133,17 @@ class VideoDiTBackbone(nn.Module):
         tokens = self.image.tokens(x_frames)
         if self.context_projection is not None:
             tokens = tokens + self.context_projection(_frames_context(cond, x)).flatten(2).transpose(1, 2)
-        c = self.image.conditioning(time.repeat_interleave(frames), cond.pooled.to(x.dtype).repeat_interleave(frames, 0))
+        pooled = cond.pooled.to(x.dtype).repeat_interleave(frames, 0)
+        c = self.image.conditioning(time.repeat_interleave(frames), pooled)
+        c_temporal = c + self.temporal_text(pooled)
         for block, temporal in zip(self.image.blocks, self.temporal):
-            tokens = temporal(block(tokens, c), c, frames, self.image.grid)
+            tokens = temporal(block(tokens, c), c_temporal, frames, self.image.grid)
         return self.image.output(tokens, c, *x.shape[-2:]).unflatten(0, (batch, frames))
 
 
 def temporal_parameters(backbone: nn.Module) -> list[nn.Parameter]:
-    """What a frozen-spatial video backbone trains: its temporal mixers and context projection."""
-    parts = [backbone.temporal] + ([backbone.context_projection] if backbone.context_projection is not None else [])
+    """What a frozen-spatial video backbone trains: its temporal layers, their text projection, the context
+    projection."""
+    parts = [backbone.temporal, getattr(backbone, "temporal_text", None), backbone.context_projection]
+    parts = [part for part in parts if part is not None]
     return [p for part in parts for p in part.parameters()]

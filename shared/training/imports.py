@@ -8,7 +8,6 @@ else). The parts that fix those weights' shapes and meaning must match the sourc
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from shared.errors import ConfigError
+from shared.io.atomic_files import atomic_write_path
 from shared.training.checkpoint import latest_checkpoint
 from shared.training.stage_spec import StageSpec, finished
 
@@ -29,12 +29,6 @@ def check_compatible(cfg: DictConfig, source_cfg: DictConfig, source: Path) -> N
         if as_plain(ours) != as_plain(theirs):
             raise ConfigError(f"init_from={source}: its {key} ({as_plain(theirs)}) differs from this run's "
                               f"({as_plain(ours)}); set {key} to match the run whose weights it starts from")
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    partial = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
 
 
 def imported_stages(cfg: DictConfig, specs: list[StageSpec], run_dir: Path) -> set[str]:
@@ -62,7 +56,8 @@ def imported_stages(cfg: DictConfig, specs: list[StageSpec], run_dir: Path) -> s
         target = run_dir / "checkpoints" / spec.name
         target.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):  # the JSON last: it marks the checkpoint complete
-            _copy_atomically(newest.with_suffix(suffix), target / newest.with_suffix(suffix).name)
+            atomic_write_path(target / newest.with_suffix(suffix).name,
+                              lambda partial, suffix=suffix: shutil.copyfile(newest.with_suffix(suffix), partial))
         print(f"mldm train: {spec.name}: taken from {newest.with_suffix('')} (init_from)", file=sys.stderr)
         taken.add(spec.name)
     if not taken:
