@@ -20,6 +20,7 @@ from modalities.video import components as parts
 from modalities.video.autoencoder import VideoAutoencoder
 from modalities.video.conditions import with_known_frames
 from modalities.video.export import export_videos
+from shared.errors import ConfigError
 from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
 from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
 from shared.training.stages import AutoencoderStage
@@ -167,4 +168,17 @@ def decoder_stage(cfg: DictConfig, run_dir: Path, device: torch.device) -> Decod
     training = cfg.modality.video_decoder
     autoencoder = VideoAutoencoder(image, **training.temporal).to(device)
     autoencoder.train()
-    return DecoderStage(autoencoder, instantiate(training.adversarial), videos)
+    adversarial = instantiate(training.adversarial)
+    check_clip_fits(adversarial.discriminator, videos.shape[1:])
+    return DecoderStage(autoencoder, adversarial, videos)
+
+
+def check_clip_fits(discriminator, clip_shape) -> None:
+    """A 3D PatchGAN's kernels span frames too: clips shorter than its stack can see stop with one line."""
+    frames, channels, height, width = clip_shape
+    try:
+        with torch.no_grad():
+            discriminator(torch.zeros(1, channels, frames, height, width))
+    except RuntimeError as error:
+        raise ConfigError(f"modality.video_decoder.adversarial.discriminator: its layers need longer clips than "
+                          f"data.num_frames={frames} ({error}); use fewer layers or more frames") from None

@@ -109,3 +109,13 @@ def test_a_first_frame_is_kept_exactly_and_longer_videos_are_made_window_by_wind
     torch.testing.assert_close(videos[:, 0], expected.expand(2, -1, -1, -1), rtol=0, atol=1e-5)
     short = generate_videos(cfg, denoiser, decoder, TinyText(), ["a", "b"], num_frames=4, first_frame=first, **common)
     torch.testing.assert_close(short["videos"], videos[:, :4], rtol=0, atol=1e-5)  # the first window: the same draw
+
+
+def test_a_clip_too_short_for_the_3d_discriminator_is_one_clear_error():
+    from modalities.video.task import check_clip_fits
+    from shared.errors import ConfigError
+
+    discriminator = PatchDiscriminator(3, 8, 1, dims=3)
+    check_clip_fits(discriminator, (8, 3, 32, 32))
+    with pytest.raises(ConfigError, match="data.num_frames=4"):
+        check_clip_fits(discriminator, (4, 3, 32, 32))
