@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from modalities.video.temporal import FrameContext, attach_after
-from shared.first_stage.autoencoder import DiagonalGaussian, FirstStage
+from shared.first_stage.autoencoder import FirstStage
 
 
 def per_frame(function, x: torch.Tensor) -> torch.Tensor:
@@ -38,20 +38,8 @@ class VideoAutoencoder(nn.Module):
                                      groups=groups)
         decoder.requires_grad_(True)
 
-    @property
-    def latent_channels(self) -> int:
-        return self.image.latent_channels
-
-    @property
-    def factor(self) -> int:
-        return self.image.factor
-
     def decoder_parameters(self) -> list[nn.Parameter]:
         return list(_diffusers_decoder(self.image).parameters()) + list(self.temporal.parameters())
-
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        posterior = self.image.encode(x.flatten(0, 1))
-        return DiagonalGaussian(posterior.mean.unflatten(0, x.shape[:2]), posterior.logvar.unflatten(0, x.shape[:2]))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self.context.frames = z.shape[1]

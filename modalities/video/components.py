@@ -16,6 +16,7 @@ from modalities.video.backbones import VideoDiTBackbone, VideoUNetBackbone
 from modalities.video.data import MovingShapes
 from shared.diffusion.denoiser import Denoiser
 from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
+from shared.training.stage_spec import finished
 
 __all__ = ["build_conditioner", "build_first_stage", "to_model", "load_videos", "frames_of", "build_dataset",
            "build_image_denoiser", "build_video_denoiser", "load_decoder", "latent_shape", "per_frame"]
@@ -68,12 +69,12 @@ def build_video_denoiser(cfg: DictConfig, image: Denoiser) -> Denoiser:
     return Denoiser(backbone, schedule, image.parameterization)
 
 
-def load_decoder(cfg: DictConfig, run_dir, device, finished_stages) -> VideoAutoencoder | FrameByFrame:
+def load_decoder(cfg: DictConfig, run_dir, device) -> VideoAutoencoder | FrameByFrame:
     """The run's trained first stage: the fine-tuned video decoder once the ``decoder`` stage has finished, else
     the image autoencoder frame by frame."""
     image = build_first_stage(cfg)
     load_frozen_first_stage(image, run_dir, device)
-    if "decoder" not in finished_stages:
+    if not finished(run_dir, "decoder"):
         return FrameByFrame(image).to(device).eval()
     video = VideoAutoencoder(image, **cfg.modality.video_decoder.temporal)
     load_stage_weights(run_dir, "decoder", {"video_decoder": video})

@@ -18,7 +18,6 @@ from modalities.video.conditions import VideoCondition
 from shared.errors import ConfigError
 from shared.generation.likelihood import NLLTerm
 from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
-from shared.training.stage_spec import finished
 
 
 class VideoPipeline:
@@ -28,8 +27,7 @@ class VideoPipeline:
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         if run_dir is None:
             return  # data-only evaluation
-        stages = [s for s in ("decoder",) if finished(run_dir, s)]
-        self.decoder = parts.load_decoder(cfg, run_dir, device, stages)
+        self.decoder = parts.load_decoder(cfg, run_dir, device)
         self.image_first_stage = load_frozen_first_stage(parts.build_first_stage(cfg), run_dir, device)
         self.conditioner = parts.build_conditioner(cfg).to(device)
         image = parts.build_image_denoiser(cfg, self.image_first_stage, self.conditioner)

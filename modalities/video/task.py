@@ -23,7 +23,7 @@ from modalities.video.export import export_videos
 from shared.errors import ConfigError
 from shared.training.checkpoint import load_frozen_first_stage, load_stage_weights
 from shared.training.latent_diffusion import Conditions, EncodedLatents, LatentDiffusionStage
-from shared.training.stages import AutoencoderStage
+from shared.training.stages import AutoencoderStage, posterior_draw, with_adversarial
 
 
 def _data(cfg: DictConfig):
@@ -137,20 +137,15 @@ class DecoderStage:
     def losses(self, batch, random, step):
         x = batch["x"]
         with torch.no_grad():
-            posterior = self.autoencoder.image.encode(x.flatten(0, 1))
-            z = posterior.mode() if not hasattr(posterior, "std") else \
-                posterior.mean + posterior.std * random.randn_like(posterior.mean)
+            z = posterior_draw(self.autoencoder.image.encode(x.flatten(0, 1)), random)
         reconstruction = self.autoencoder.decode(z.unflatten(0, x.shape[:2]))
         rec = (x - reconstruction.float()).abs().mean()
         logs = {"l1": float(rec.detach()), "loss": float(rec.detach())}
         if not self.adversarial.active(step):
             return {"main": rec}, logs
         as_volumes = (lambda v: v.transpose(1, 2))  # [B, C, T, H, W] for the 3D discriminator
-        adversarial = self.adversarial(as_volumes(x), as_volumes(reconstruction), step, self.autoencoder.last_layer(),
-                                       rec)
-        logs.update(g_loss=float(adversarial["g_loss"]), d_loss=float(adversarial["discriminator"].detach()),
-                    d_weight=float(adversarial["d_weight"]))
-        return {"main": rec + adversarial["generator"], "discriminator": adversarial["discriminator"]}, logs
+        return with_adversarial(self.adversarial, as_volumes(x), as_volumes(reconstruction), step,
+                                self.autoencoder.last_layer(), rec, rec, logs)
 
     def finalize(self):
         pass  # the latent statistics are the image autoencoder's: the diffusion model was trained on them

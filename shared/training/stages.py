@@ -62,20 +62,14 @@ class AutoencoderStage:
     def losses(self, batch, random, step):
         x = batch["x"]
         posterior = self.autoencoder.encode(x)
-        if hasattr(posterior, "std"):  # KL: reparameterised sample with shard-invariant noise
-            z = posterior.mean + posterior.std * random.randn_like(posterior.mean)
-        else:
-            z = posterior.mode()
-        reconstruction = self.autoencoder.decode(z)
+        reconstruction = self.autoencoder.decode(posterior_draw(posterior, random))
         terms = autoencoder_loss(x, reconstruction, posterior, self.kl_weight)
         logs = {k: float(v.detach()) for k, v in terms.items()}
         logs["loss"] = logs["total"]
         if not self.adversarial.active(step):  # before disc_start: no discriminator work at all
             return {"main": terms["total"]}, logs
-        adversarial = self.adversarial(x, reconstruction, step, self.autoencoder.last_layer(), terms["rec"])
-        logs.update(g_loss=float(adversarial["g_loss"]), d_loss=float(adversarial["discriminator"]),
-                    d_weight=float(adversarial["d_weight"]))
-        return {"main": terms["total"] + adversarial["generator"], "discriminator": adversarial["discriminator"]}, logs
+        return with_adversarial(self.adversarial, x, reconstruction, step, self.autoencoder.last_layer(),
+                                terms["rec"], terms["total"], logs)
 
     @torch.no_grad()
     def finalize(self):
@@ -89,6 +83,21 @@ class AutoencoderStage:
         if self.preview_fn is not None:
             x = self.to_model(self.data[:16]).to(next(self.autoencoder.parameters()).device)
             self.preview_fn(torch.cat([x, self.autoencoder(x, sample=False)[0]]), out_dir)
+
+
+def posterior_draw(posterior, random):
+    """A KL posterior's reparameterised sample with the step's shard-invariant noise; a VQ posterior's mode."""
+    if hasattr(posterior, "std"):
+        return posterior.mean + posterior.std * random.randn_like(posterior.mean)
+    return posterior.mode()
+
+
+def with_adversarial(adversarial: nn.Module, x, reconstruction, step: int, last_layer, rec_loss, total, logs: dict):
+    """The losses of a first-stage step with its GAN terms (``AdversarialTraining``), and their logs."""
+    terms = adversarial(x, reconstruction, step, last_layer, rec_loss)
+    logs.update(g_loss=float(terms["g_loss"]), d_loss=float(terms["discriminator"].detach()),
+                d_weight=float(terms["d_weight"]))
+    return {"main": total + terms["generator"], "discriminator": terms["discriminator"]}, logs
 
 
 def as_condition(embedding: torch.Tensor) -> TextCondition:
