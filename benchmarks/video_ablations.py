@@ -6,7 +6,8 @@ Denoiser rows (all decoded with the image decoder frame by frame, so only the de
   attention + conv (preset)    the source run's own video stage
   <variant>                    a fresh video stage per variant (``--variant name:override ...``), trained with
                                ``init_from=SOURCE`` (the source's autoencoder and image LDM, the preset's steps
-                               and seed), e.g. attention only, conv only, all layers trainable, a shifted schedule
+                               and seed), e.g. attention only, conv only, all layers trainable, a shifted schedule,
+                               the temporal layers cross-attending to the prompt's tokens
 Decoder rows (the source's video model, the same sampled latents; and 64 held-out videos encoded):
   image decoder vs fine-tuned video decoder: flicker (mean frame-to-frame change of the shape's colour, 0..255)
   and per-frame L1 reconstruction error of held-out videos, with the data's own flicker beside them.
@@ -45,7 +46,8 @@ from shared.training.checkpoint import load_stage_weights  # noqa: E402
 DEFAULT_VARIANTS = ["attention only:modality.temporal.layers=[attention]",
                     "conv only:modality.temporal.layers=[conv]",
                     "all trainable:modality.temporal.train_spatial=true",
-                    "shifted schedule (x2):modality.temporal.schedule=${schedule_shifted}"]
+                    "shifted schedule (x2):modality.temporal.schedule=${schedule_shifted}",
+                    "prompt tokens:modality.temporal.prompt_tokens=true"]
 KEEP = ("valid_rate", "consistency", "motion", "direction_accuracy", "appearance_accuracy", "prompt_accuracy",
         "flicker")
 

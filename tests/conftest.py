@@ -1,10 +1,16 @@
-"""Session-wide test settings, and `mldm_here`: the CLI run in the test's own process."""
+"""Session-wide test settings, and the CLI for tests: `mldm_here` (in the test's own process) and
+`mldm_process` (a fresh interpreter, for training runs, kills and resumes)."""
 import contextlib
 import io
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,3 +38,15 @@ def _mldm_in_process(*args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def mldm_here():
     return _mldm_in_process
+
+
+def _mldm_in_subprocess(*args, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python -m shared.cli ARGS`` from the repository root: one intra-op thread, nothing fetched."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "shared.cli", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mldm_process():
+    return _mldm_in_subprocess

@@ -21,7 +21,7 @@ from torch import nn
 from modalities.blocks import DiTBlock, timestep_embedding
 from modalities.image.backbones import DiTBackbone, UNetBackbone
 from modalities.video.conditions import context_input
-from modalities.video.temporal import TEMPORAL_LAYERS, FrameContext, attach_after, check_layers
+from modalities.video.temporal import TEMPORAL_LAYERS, FrameContext, PromptAttention, attach_after, check_layers
 
 
 def _frames_context(cond, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class VideoUNetBackbone(nn.Module):
     resnet and spatial transformer; frames run as a batch through the spatial layers."""
 
     def __init__(self, image: UNetBackbone, layers=TEMPORAL_LAYERS, heads: int = 4, max_frames: int = 32,
-                 train_spatial: bool = False, context_frames: bool = False):
+                 train_spatial: bool = False, context_frames: bool = False, prompt_tokens: bool = False):
         super().__init__()
         self.unet = image.unet
         if not train_spatial:
@@ -59,7 +59,7 @@ class VideoUNetBackbone(nn.Module):
             spatial += [(attention, attention.config.in_channels) for attention in getattr(block, "attentions", [])]
         self.temporal = attach_after(spatial, self.context, layers=check_layers(layers), heads=heads,
                                      text_dim=self.unet.config.cross_attention_dim, max_frames=max_frames,
-                                     groups=self.unet.config.norm_num_groups)
+                                     groups=self.unet.config.norm_num_groups, prompt_tokens=prompt_tokens)
         self.context_projection = None
         if context_frames:
             channels = self.unet.config.in_channels
@@ -71,13 +71,14 @@ class VideoUNetBackbone(nn.Module):
     def forward(self, x, time, cond):
         batch, frames = x.shape[:2]
         self.context.frames, self.context.text = frames, cond.pooled
+        self.context.tokens = (cond.tokens, cond.mask)
         self.context.known_frames = _frames_context(cond, x) if self.context_projection is not None else None
         try:
             out = self.unet(x.flatten(0, 1), time.repeat_interleave(frames),
                             encoder_hidden_states=cond.tokens.to(x.dtype).repeat_interleave(frames, 0),
                             encoder_attention_mask=None if cond.mask is None else cond.mask.repeat_interleave(frames, 0))
         finally:
-            self.context.text = self.context.known_frames = None
+            self.context.text = self.context.tokens = self.context.known_frames = None
         return out.sample.unflatten(0, (batch, frames))
 
 
@@ -86,15 +87,18 @@ class TemporalDiTLayer(nn.Module):
     attends over the frames at each patch (an adaLN-Zero block, so it sees time and text through its c) and/or
     convolves along them, blended with the spatial output by a learned α; the identity at initialisation."""
 
-    def __init__(self, width: int, heads: int, layers=TEMPORAL_LAYERS, max_frames: int = 32, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, heads: int, layers=TEMPORAL_LAYERS, max_frames: int = 32, mlp_ratio: float = 4.0,
+                 text_dim: int | None = None):
         super().__init__()
         layers = check_layers(layers)
         self.attention = DiTBlock(width, heads, mlp_ratio) if "attention" in layers else None
         self.conv = TemporalConvLayer(width, norm_num_groups=math.gcd(32, width)) if "conv" in layers else None
         self.register_buffer("positions", timestep_embedding(torch.arange(max_frames), width), persistent=False)
+        self.prompt = PromptAttention(width, text_dim, heads) if text_dim else None
         self.blend = AlphaBlender(alpha=0.0, merge_strategy="learned")
 
-    def forward(self, tokens: torch.Tensor, c: torch.Tensor, frames: int, grid: int) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, c: torch.Tensor, frames: int, grid: int, text=None) -> torch.Tensor:
+        """``text``: the prompt's (tokens [B, L, D], mask [B, L]) per video, for the prompt attention."""
         temporal = tokens
         rows, patches, width = tokens.shape  # rows = videos · frames
         if self.conv is not None:
@@ -106,6 +110,9 @@ class TemporalDiTLayer(nn.Module):
             c_video = c.unflatten(0, (videos, frames))[:, 0].repeat_interleave(patches, 0)
             along_time = self.attention(along_time, c_video, positions=self.positions[:frames].to(tokens.dtype))
             temporal = along_time.unflatten(0, (videos, patches)).transpose(1, 2).reshape(rows, patches, width)
+        if self.prompt is not None:
+            per_video = self.prompt(temporal.reshape(rows // frames, frames * patches, width), *text)
+            temporal = per_video.reshape(rows, patches, width)
         return self.blend(tokens, temporal)
 
 
@@ -113,13 +120,15 @@ class VideoDiTBackbone(nn.Module):
     """The image DiT (``DiTBackbone``) with a :class:`TemporalDiTLayer` after every block."""
 
     def __init__(self, image: DiTBackbone, layers=TEMPORAL_LAYERS, heads: int = 4, max_frames: int = 32,
-                 train_spatial: bool = False, context_frames: bool = False):
+                 train_spatial: bool = False, context_frames: bool = False, prompt_tokens: bool = False):
         super().__init__()
         self.image = image
         if not train_spatial:
             self.image.requires_grad_(False)
         width = image.positions.shape[-1]
-        self.temporal = nn.ModuleList(TemporalDiTLayer(width, heads, layers, max_frames) for _ in image.blocks)
+        text_dim = image.cond_proj.in_features if prompt_tokens else None
+        self.temporal = nn.ModuleList(TemporalDiTLayer(width, heads, layers, max_frames, text_dim=text_dim)
+                                      for _ in image.blocks)
         # the temporal layers' own view of the prompt: the frozen image projection was trained where direction
         # words carried no signal (a single frame shows none), so it need not keep them
         self.temporal_text = nn.Linear(image.cond_proj.in_features, width)
@@ -136,8 +145,9 @@ class VideoDiTBackbone(nn.Module):
         pooled = cond.pooled.to(x.dtype).repeat_interleave(frames, 0)
         c = self.image.conditioning(time.repeat_interleave(frames), pooled)
         c_temporal = c + self.temporal_text(pooled)
+        text = (cond.tokens.to(x.dtype), cond.mask)
         for block, temporal in zip(self.image.blocks, self.temporal):
-            tokens = temporal(block(tokens, c), c_temporal, frames, self.image.grid)
+            tokens = temporal(block(tokens, c), c_temporal, frames, self.image.grid, text)
         return self.image.output(tokens, c, *x.shape[-2:]).unflatten(0, (batch, frames))
 
 

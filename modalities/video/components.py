@@ -64,7 +64,8 @@ def build_video_denoiser(cfg: DictConfig, image: Denoiser) -> Denoiser:
         raise TypeError(f"backbone {type(image.backbone).__name__}: video supports "
                         f"{', '.join(t.__name__ for t in VIDEO_BACKBONES)}")
     backbone = wrap(image.backbone, layers=list(temporal.layers), heads=temporal.heads, max_frames=temporal.max_frames,
-                    train_spatial=temporal.train_spatial, context_frames=temporal.context_frames > 0)
+                    train_spatial=temporal.train_spatial, context_frames=temporal.context_frames > 0,
+                    prompt_tokens=temporal.get("prompt_tokens", False))
     schedule = instantiate(temporal.schedule) if temporal.get("schedule") else image.schedule
     return Denoiser(backbone, schedule, image.parameterization)
 

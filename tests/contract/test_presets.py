@@ -2,12 +2,8 @@
 declares trains (two steps), `mldm sample` writes the sample directory, `mldm evaluate` judges it, and a
 finished run resumes to nothing. Stage names come from the preset itself; adding a modality adds a row."""
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -16,7 +12,6 @@ import pytest
 from shared.cli.config import build_config
 from shared.io.sample_dir import read_index
 
-REPO = Path(__file__).resolve().parents[2]
 COMMON = ["device=cpu", "trainer.precision=fp32", "trainer.log_every=1", "trainer.sample_every=0"]
 # (preset, overrides that make its models and data tiny)
 PRESETS = {
@@ -37,12 +32,6 @@ PRESETS = {
 }
 
 
-def mldm(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def two_steps_per_stage(preset: list[str]) -> tuple[list[str], list[str]]:
     """The preset's stage names (from its own config) and overrides that train each for two steps."""
     stages = [name for name, node in build_config("train", preset).stages.items() if node is not None]
@@ -52,11 +41,11 @@ def two_steps_per_stage(preset: list[str]) -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="module", params=sorted(PRESETS))
-def trained(request, tmp_path_factory):
+def trained(request, tmp_path_factory, mldm_process):
     preset = PRESETS[request.param]
     stages, steps = two_steps_per_stage(preset)
     run_dir = tmp_path_factory.mktemp(request.param) / "run"
-    done = mldm("train", *preset, *COMMON, *steps, f"run_dir={run_dir}")
+    done = mldm_process("train", *preset, *COMMON, *steps, f"run_dir={run_dir}")
     assert done.returncode == 0, done.stderr[-4000:]
     return request.param, stages, run_dir
 
@@ -69,12 +58,12 @@ def test_every_declared_stage_trains_to_a_complete_checkpoint(trained):
 
 
 @pytest.fixture(scope="module")
-def sampled(trained, tmp_path_factory):
+def sampled(trained, tmp_path_factory, mldm_process):
     """Three samples of seed 7 drawn in one batch, with sample 0's chain (one CLI call serves three tests)."""
     _, _, run_dir = trained
     out = tmp_path_factory.mktemp("samples")
-    done = mldm("sample", f"run_dir={run_dir}", "num_samples=3", "steps=3", "seed=7", "batch_size=3",
-                "export.chain=true", f"out_dir={out}")
+    done = mldm_process("sample", f"run_dir={run_dir}", "num_samples=3", "steps=3", "seed=7", "batch_size=3",
+                        "export.chain=true", f"out_dir={out}")
     assert done.returncode == 0, done.stderr[-4000:]
     return out
 
@@ -91,10 +80,10 @@ def test_sample_writes_the_sample_directory_and_evaluate_judges_it(trained, samp
     assert metrics["n"] == 3 and json.loads((sampled / "metrics.json").read_text())["n"] == 3
 
 
-def test_a_finished_run_resumes_to_nothing(trained):
+def test_a_finished_run_resumes_to_nothing(trained, mldm_process):
     _, stages, run_dir = trained
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").rglob("*")}
-    done = mldm("train", f"run_dir={run_dir}", "resume=true")
+    done = mldm_process("train", f"run_dir={run_dir}", "resume=true")
     assert done.returncode == 0, done.stderr[-4000:]
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").rglob("*")} == before
 

@@ -1,15 +1,10 @@
 """The image modality through the CLI: train both stages (few steps), sample, evaluate — the contract."""
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
 TINY = ["experiment=image_tiny", "data.num_samples=256", "device=cpu", "trainer.log_every=5",
         "stages.autoencoder.max_steps=30", "stages.autoencoder.batch_size=16", "stages.autoencoder.checkpoint_every=0",
         "stages.diffusion.max_steps=10", "stages.diffusion.batch_size=16", "stages.diffusion.checkpoint_every=0",
@@ -17,16 +12,10 @@ TINY = ["experiment=image_tiny", "data.num_samples=256", "device=cpu", "trainer.
         "trainer.sample_steps=2"]
 
 
-def mldm(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, mldm_process):
     run = tmp_path_factory.mktemp("image") / "run"
-    out = mldm("train", *TINY, f"run_dir={run}")
+    out = mldm_process("train", *TINY, f"run_dir={run}")
     assert out.returncode == 0, out.stderr[-4000:]
     return run
 
@@ -69,9 +58,9 @@ def test_evaluate_prints_the_metric_line_for_samples_and_for_data(run_dir, tmp_p
     assert metrics["n"] == 300 and metrics["valid_rate"] >= 0.97 and metrics["prompt_accuracy"] >= 0.97
 
 
-def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path, mldm_here):
+def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path, mldm_here, mldm_process):
     run = tmp_path / "run"
-    out = mldm("train", *TINY, "modality=image_labels", "autoencoder=vq_f4_tiny", f"run_dir={run}")
+    out = mldm_process("train", *TINY, "modality=image_labels", "autoencoder=vq_f4_tiny", f"run_dir={run}")
     assert out.returncode == 0, out.stderr[-4000:]
     out = mldm_here("sample", f"run_dir={run}", "num_samples=9", "steps=2", f"out_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr[-4000:]
@@ -79,7 +68,7 @@ def test_label_conditioning_with_a_vq_autoencoder_trains_and_samples(tmp_path, m
     assert sorted(r["prompt"] for r in records) == [str(i) for i in range(9)]  # one per class label
 
 
-def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path, mldm_here):
+def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path, mldm_here, mldm_process):
     """Sampling without prompt= draws the training captions; an image folder has no num_samples or split."""
     from PIL import Image
 
@@ -91,8 +80,8 @@ def test_an_image_folder_run_samples_its_own_captions_without_a_prompt(tmp_path,
         (folder / f"{i:02d}.txt").write_text("a red circle" if i % 2 else "a blue square")
     run = tmp_path / "run"
     tiny = [arg for arg in TINY if not arg.startswith("data.")]
-    out = mldm("train", *tiny, "data=image_folder", f"data.root={folder}", "stages.autoencoder.max_steps=2",
-               "stages.diffusion.max_steps=2", "trainer.sample_every=0", f"run_dir={run}")
+    out = mldm_process("train", *tiny, "data=image_folder", f"data.root={folder}", "stages.autoencoder.max_steps=2",
+                       "stages.diffusion.max_steps=2", "trainer.sample_every=0", f"run_dir={run}")
     assert out.returncode == 0, out.stderr[-4000:]
     out = mldm_here("sample", f"run_dir={run}", "num_samples=4", "steps=2", f"out_dir={tmp_path / 's'}")
     assert out.returncode == 0, out.stderr[-4000:]

@@ -4,28 +4,18 @@ row, a property-conditional run and fragment-conditioned sampling work; bad inpu
 naming it."""
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rdkit import Chem
 
-REPO = Path(__file__).resolve().parents[3]
 TINY = ["experiment=molecule_qm9_tiny", "device=cpu", "trainer.precision=fp32", "trainer.log_every=2",
         "autoencoder.hidden=16", "autoencoder.decoder_blocks=1", "backbone.hidden=16", "backbone.num_blocks=1",
         "stages.autoencoder.max_steps=100", "stages.autoencoder.batch_size=16", "stages.autoencoder.lr=3.0e-3",
         "stages.autoencoder.warmup_steps=5", "stages.autoencoder.checkpoint_every=0",
         "stages.diffusion.max_steps=10", "stages.diffusion.batch_size=16", "stages.diffusion.checkpoint_every=0",
         "trainer.sample_every=10", "trainer.sample_count=3", "trainer.sample_steps=3"]
-
-
-def mldm(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def logged(run_dir: Path, stage: str, key: str) -> list[float]:
@@ -39,9 +29,9 @@ def last_json(out) -> dict:
 
 
 @pytest.fixture(scope="module")
-def molecule_run(tmp_path_factory):
+def molecule_run(tmp_path_factory, mldm_process):
     run_dir = tmp_path_factory.mktemp("molecule") / "run"
-    out = mldm("train", *TINY, f"run_dir={run_dir}")
+    out = mldm_process("train", *TINY, f"run_dir={run_dir}")
     assert out.returncode == 0, out.stderr[-4000:]
     return run_dir
 
@@ -58,9 +48,9 @@ def test_training_runs_both_stages_and_the_autoencoder_learns_atom_types(molecul
     assert (preview / "samples.sdf").exists() and len(list(preview.glob("*.xyz"))) == 3
 
 
-def test_a_fresh_run_is_a_function_of_the_seed(molecule_run, tmp_path):
+def test_a_fresh_run_is_a_function_of_the_seed(molecule_run, tmp_path, mldm_process):
     """Initial weights come from the seed too, so a second process reproduces the first run's weights."""
-    out = mldm("train", *TINY, "stages.diffusion=null", f"run_dir={tmp_path / 'again'}")
+    out = mldm_process("train", *TINY, "stages.diffusion=null", f"run_dir={tmp_path / 'again'}")
     assert out.returncode == 0, out.stderr[-4000:]
     first, again = (sorted((run / "checkpoints" / "autoencoder").glob("step_*.safetensors"))[-1].read_bytes()
                     for run in (molecule_run, tmp_path / "again"))
@@ -94,12 +84,12 @@ def test_data_row_of_the_subset(tmp_path, mldm_here):
     assert metrics["atom_stability"] > 0.98 and metrics["mol_stability"] > 0.9 and metrics["validity"] > 0.95
 
 
-def test_property_conditional_self_conditioned_training_and_prompted_sampling(tmp_path, mldm_here):
+def test_property_conditional_self_conditioned_training_and_prompted_sampling(tmp_path, mldm_here, mldm_process):
     """CFG on a self-conditioned prior: both guidance branches are fed their previous estimates."""
     run_dir = tmp_path / "run"
-    out = mldm("train", *TINY, "modality.conditioning.properties=[alpha]", "stages.autoencoder.max_steps=5",
-               "stages.diffusion.max_steps=5", "trainer.sample_every=0", "guidance=cfg", "guidance.scale=2.0",
-               "backbone.self_conditioning=true", f"run_dir={run_dir}")
+    out = mldm_process("train", *TINY, "modality.conditioning.properties=[alpha]", "stages.autoencoder.max_steps=5",
+                       "stages.diffusion.max_steps=5", "trainer.sample_every=0", "guidance=cfg", "guidance.scale=2.0",
+                       "backbone.self_conditioning=true", f"run_dir={run_dir}")
     assert out.returncode == 0, out.stderr[-4000:]
     out = mldm_here("sample", f"run_dir={run_dir}", "num_samples=2", "steps=3", "prompt=alpha:70.0",
                f"out_dir={tmp_path / 's'}")

@@ -3,9 +3,6 @@ autoencoder loss falling, sample the sample-directory contract, evaluate; shape 
 given points; bad input ends in one line naming it."""
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,6 @@ from modalities.shape.data import Primitives
 from modalities.shape.point_layers import farthest_point_sample, gather_points
 from modalities.shape.pointcloud_vae import chamfer_loss
 
-REPO = Path(__file__).resolve().parents[3]
 SMALL_DATA = ["data.num_samples=48", "data.num_points=512", "device=cpu", "trainer.log_every=5",
               "trainer.precision=fp32"]
 POINTCLOUD = ["experiment=pointcloud_tiny", *SMALL_DATA,
@@ -43,12 +39,6 @@ SDF = ["experiment=sdf_tiny", *SMALL_DATA, "data.sdf_near=768", "data.sdf_unifor
        "trainer.sample_every=10", "trainer.sample_count=3", "trainer.sample_steps=2"]
 
 
-def mldm(*args, timeout=900):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def losses(run_dir: Path, stage: str, key: str = "loss") -> list[float]:
     with open(run_dir / "logs" / "metrics.csv") as f:
         return [float(r[key]) for r in csv.DictReader(f) if r["stage"] == stage and r[key]]
@@ -60,17 +50,17 @@ def last_json(out) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pointcloud_run(tmp_path_factory):
+def pointcloud_run(tmp_path_factory, mldm_process):
     root = tmp_path_factory.mktemp("pointcloud")
-    out = mldm("train", *POINTCLOUD, f"data.cache_dir={root / 'cache'}", f"run_dir={root / 'run'}")
+    out = mldm_process("train", *POINTCLOUD, f"data.cache_dir={root / 'cache'}", f"run_dir={root / 'run'}")
     assert out.returncode == 0, out.stderr[-4000:]
     return root / "run"
 
 
 @pytest.fixture(scope="module")
-def sdf_run(tmp_path_factory):
+def sdf_run(tmp_path_factory, mldm_process):
     root = tmp_path_factory.mktemp("sdf")
-    out = mldm("train", *SDF, f"data.cache_dir={root / 'cache'}", f"run_dir={root / 'run'}")
+    out = mldm_process("train", *SDF, f"data.cache_dir={root / 'cache'}", f"run_dir={root / 'run'}")
     assert out.returncode == 0, out.stderr[-4000:]
     return root / "run"
 

@@ -9,6 +9,7 @@ import torch
 from modalities.image.backbones import DiTBackbone, UNetBackbone
 from modalities.video.backbones import VideoDiTBackbone, VideoUNetBackbone, temporal_parameters
 from modalities.video.conditions import VideoCondition, with_known_frames
+from modalities.video.temporal import PromptAttention
 from shared.conditioning.text_encoder import TextCondition
 
 B, T, C, S = 2, 4, 4, 8
@@ -40,10 +41,11 @@ def build(name, **options):
     return copy.deepcopy(image), wrap(image, **options)
 
 
+@pytest.mark.parametrize("prompt_tokens", [False, True], ids=["pooled", "tokens"])
 @pytest.mark.parametrize("layers", LAYERS, ids="+".join)
 @pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_at_initialisation_the_video_model_is_exactly_the_image_model_frame_by_frame(name, layers):
-    image, video = build(name, layers=layers, context_frames=True)
+def test_at_initialisation_the_video_model_is_exactly_the_image_model_frame_by_frame(name, layers, prompt_tokens):
+    image, video = build(name, layers=layers, context_frames=True, prompt_tokens=prompt_tokens)
     x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
     with torch.no_grad():
         frames = image(x.flatten(0, 1), t.repeat_interleave(T), per_frame(cond)).unflatten(0, (B, T))
@@ -74,6 +76,28 @@ def test_spatial_weights_stay_bit_identical_while_temporal_layers_learn_to_mix_f
         if name == "unet":  # the U-Net's spatial layers read the tokens; the pooled prompt reaches the temporal
             other = TextCondition(cond.tokens, cond.mask, torch.randn_like(cond.pooled))  # attention alone
             assert (video(x, t, other) - video(x, t, cond)).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_prompt_attention_reads_each_real_token_and_ignores_padding(name):
+    _, video = build(name, prompt_tokens=True)
+    attentions = [m for m in video.modules() if isinstance(m, PromptAttention)]
+    assert attentions
+    torch.manual_seed(1)
+    for attention in attentions:  # as if trained: zero outputs would hide what they read
+        torch.nn.init.normal_(attention.attention.out_proj.weight, std=0.1)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
+    padded, word = cond.tokens.clone(), cond.tokens.clone()
+    padded[0, 2] += 5.0  # video 0's third token is padding (mask False)
+    word[0, 1] += 5.0    # its second is a real word; the pooled embedding stays the same in both
+    with torch.no_grad():
+        out = video(x, t, cond)
+        assert torch.equal(video(x, t, TextCondition(padded, cond.mask, cond.pooled)), out)
+        moved = video(x, t, TextCondition(word, cond.mask, cond.pooled)) - out
+        for attention in attentions:  # what the word moves without the prompt attention (the U-Net's own
+            torch.nn.init.zeros_(attention.attention.out_proj.weight)  # cross-attention reads it too)
+        unread = video(x, t, TextCondition(word, cond.mask, cond.pooled)) - video(x, t, cond)
+        assert (moved - unread)[0].abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -1,10 +1,6 @@
 """The video modality through the CLI: video_tiny's four stages for two steps each, then text-to-video with a
 preview, image-to-video from a PNG, a video longer than the model's window, evaluation of samples and data."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +8,6 @@ from PIL import Image
 
 from modalities.video.data import MovingShapes
 
-REPO = Path(__file__).resolve().parents[3]
 STAGES = ("autoencoder", "image_diffusion", "video_diffusion", "decoder")
 TINY = ["experiment=video_tiny", "data.num_samples=8", "device=cpu", "trainer.precision=fp32", "trainer.log_every=1",
         "backbone.width=32", "backbone.depth=1", "modality.temporal.heads=2",
@@ -22,16 +17,10 @@ TINY = ["experiment=video_tiny", "data.num_samples=8", "device=cpu", "trainer.pr
           for key, value in (("max_steps", 2), ("batch_size", 4), ("checkpoint_every", 0), ("warmup_steps", 0))]]
 
 
-def mldm(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, mldm_process):
     run = tmp_path_factory.mktemp("video") / "run"
-    out = mldm("train", *TINY, f"run_dir={run}")
+    out = mldm_process("train", *TINY, f"run_dir={run}")
     assert out.returncode == 0, out.stderr[-4000:]
     return run
 
@@ -84,9 +73,10 @@ def test_evaluate_judges_samples_and_the_data_itself(run_dir, tmp_path, mldm_her
     assert data["prompt_accuracy"] >= 0.85 and data["motion"] >= 0.85  # the judge recognises the data it judges
 
 
-def test_a_video_run_takes_another_runs_image_stages_with_init_from(run_dir, tmp_path, mldm_here):
+def test_a_video_run_takes_another_runs_image_stages_with_init_from(run_dir, tmp_path, mldm_here, mldm_process):
     video_only = [arg for arg in TINY if not arg.startswith(("stages.autoencoder.", "stages.image_diffusion."))]
-    out = mldm("train", *video_only, "stages.decoder=null", f"init_from={run_dir}", f"run_dir={tmp_path / 'run'}")
+    out = mldm_process("train", *video_only, "stages.decoder=null", f"init_from={run_dir}",
+                       f"run_dir={tmp_path / 'run'}")
     assert out.returncode == 0, out.stderr[-4000:]
     for stage in ("autoencoder", "image_diffusion"):
         assert f"{stage}: taken from {run_dir / 'checkpoints' / stage}" in out.stderr

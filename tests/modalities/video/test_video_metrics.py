@@ -19,8 +19,9 @@ def test_the_data_itself_passes(data):
     videos, prompts = data
     metrics = evaluate_videos(videos, prompts)
     assert metrics["n"] == 200 and metrics["frames"] == 8
-    for key in ("valid_rate", "consistency", "prompt_accuracy"):
-        assert metrics[key] >= 0.98, (key, metrics)
+    assert metrics["valid_frame_rate"] == 1.0, metrics  # every frame of the spec's data is a valid shape
+    for key in ("consistency", "prompt_accuracy"):  # a 4-px disk can rasterise as a cut-cornered square
+        assert metrics[key] >= 0.995, (key, metrics)  # (2,000 videos: 0.9995)
     assert metrics["motion"] == 1.0 and metrics["direction_accuracy"] == 1.0 and metrics["flicker"] == 0.0
 
 
