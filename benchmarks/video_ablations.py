@@ -7,7 +7,9 @@ Denoiser rows (all decoded with the image decoder frame by frame, so only the de
   <variant>                    a fresh video stage per variant (``--variant name:override ...``), trained with
                                ``init_from=SOURCE`` (the source's autoencoder and image LDM, the preset's steps
                                and seed), e.g. attention only, conv only, all layers trainable, a shifted schedule,
-                               the temporal layers cross-attending to the prompt's tokens
+                               the temporal layers cross-attending to the prompt's tokens, rotary frame positions,
+                               the video stage on the unweighted v loss (``loss`` applies to it alone: the image
+                               stages come from the source)
 Decoder rows (the source's video model, the same sampled latents; and 64 held-out videos encoded):
   image decoder vs fine-tuned video decoder: flicker (mean frame-to-frame change of the shape's colour, 0..255)
   and per-frame L1 reconstruction error of held-out videos, with the data's own flicker beside them.
@@ -42,12 +44,15 @@ from modalities.video.metrics import evaluate_videos, flicker, _frames  # noqa: 
 from modalities.video.pipeline import VideoPipeline  # noqa: E402
 from shared.cli.config import build_config  # noqa: E402
 from shared.training.checkpoint import load_stage_weights  # noqa: E402
+from shared.training.stage_spec import finished  # noqa: E402
 
 DEFAULT_VARIANTS = ["attention only:modality.temporal.layers=[attention]",
                     "conv only:modality.temporal.layers=[conv]",
                     "all trainable:modality.temporal.train_spatial=true",
                     "shifted schedule (x2):modality.temporal.schedule=${schedule_shifted}",
-                    "prompt tokens:modality.temporal.prompt_tokens=true"]
+                    "prompt tokens:modality.temporal.prompt_tokens=true",
+                    "rotary frame positions:modality.temporal.frame_positions=rotary",
+                    "simple loss:loss=simple"]
 KEEP = ("valid_rate", "consistency", "motion", "direction_accuracy", "appearance_accuracy", "prompt_accuracy",
         "flicker")
 
@@ -73,8 +78,8 @@ def image_model_frame_by_frame(source: Path, steps: int, num_samples: int) -> di
 
 def trained_variant(source: Path, out: Path, overrides: list[str]) -> float:
     """Train only the video stage with ``overrides``; returns its wall seconds (process start included)."""
-    if (out / "checkpoints" / "video_diffusion").is_dir():
-        return float("nan")  # trained by an earlier call of this script
+    if finished(out, "video_diffusion"):
+        return float("nan")  # trained by an earlier call of this script (or by hand with the same overrides)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "shared.cli", "train", "experiment=video_tiny", f"init_from={source}",

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 
@@ -36,15 +37,18 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[-1].weight)  # "-Zero": every block starts as the identity
         nn.init.zeros_(self.modulation[-1].bias)
 
-    def forward(self, x, c, positions: torch.Tensor | None = None):
+    def forward(self, x, c, positions: torch.Tensor | None = None, rotary: tuple | None = None):
         """``positions`` [L, W], if given, is added to the attention's input only (the residual stream keeps
-        none, so a zero-gated block stays the exact identity)."""
+        none, so a zero-gated block stays the exact identity). ``rotary``: (cos, sin) [L, W / heads] rotating
+        queries and keys (RoPE, Su et al. 2021), so scores see relative positions, with their sign."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=1)
         b, n, w = x.shape
         attention_in = modulate(self.norm1(x), shift1, scale1)
         if positions is not None:
             attention_in = attention_in + positions
-        q, k, v = self.qkv(attention_in).view(b, n, 3, self.heads, w // self.heads).unbind(2)
-        attended = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        q, k, v = self.qkv(attention_in).view(b, n, 3, self.heads, w // self.heads).transpose(1, 3).unbind(2)
+        if rotary is not None:
+            q, k = apply_rotary_emb(q, rotary), apply_rotary_emb(k, rotary)
+        attended = F.scaled_dot_product_attention(q, k, v)
         x = x + gate1[:, None] * self.proj(attended.transpose(1, 2).reshape(b, n, w))
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))

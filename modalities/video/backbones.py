@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.models.resnet import AlphaBlender, TemporalConvLayer
 from torch import nn
 
@@ -22,6 +23,9 @@ from modalities.blocks import DiTBlock, timestep_embedding
 from modalities.image.backbones import DiTBackbone, UNetBackbone
 from modalities.video.conditions import context_input
 from modalities.video.temporal import TEMPORAL_LAYERS, FrameContext, PromptAttention, attach_after, check_layers
+
+
+FRAME_POSITIONS = ("sinusoidal", "rotary")  # added to the temporal attention's input, or RoPE on its queries/keys
 
 
 def _frames_context(cond, x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +51,12 @@ class VideoUNetBackbone(nn.Module):
     resnet and spatial transformer; frames run as a batch through the spatial layers."""
 
     def __init__(self, image: UNetBackbone, layers=TEMPORAL_LAYERS, heads: int = 4, max_frames: int = 32,
-                 train_spatial: bool = False, context_frames: bool = False, prompt_tokens: bool = False):
+                 train_spatial: bool = False, context_frames: bool = False, prompt_tokens: bool = False,
+                 frame_positions: str = "sinusoidal"):
         super().__init__()
+        if frame_positions != "sinusoidal":
+            raise ValueError(f"frame_positions={frame_positions!r}: the U-Net's temporal attention (diffusers' "
+                             "TransformerTemporalModel) adds sinusoidal positions; rotary is the DiT's")
         self.unet = image.unet
         if not train_spatial:
             self.unet.requires_grad_(False)
@@ -88,12 +96,18 @@ class TemporalDiTLayer(nn.Module):
     convolves along them, blended with the spatial output by a learned α; the identity at initialisation."""
 
     def __init__(self, width: int, heads: int, layers=TEMPORAL_LAYERS, max_frames: int = 32, mlp_ratio: float = 4.0,
-                 text_dim: int | None = None):
+                 text_dim: int | None = None, frame_positions: str = "sinusoidal"):
         super().__init__()
         layers = check_layers(layers)
         self.attention = DiTBlock(width, heads, mlp_ratio) if "attention" in layers else None
         self.conv = TemporalConvLayer(width, norm_num_groups=math.gcd(32, width)) if "conv" in layers else None
+        if frame_positions not in FRAME_POSITIONS:
+            raise ValueError(f"frame_positions={frame_positions!r}: choose one of {list(FRAME_POSITIONS)}")
+        self.rotary = frame_positions == "rotary"
         self.register_buffer("positions", timestep_embedding(torch.arange(max_frames), width), persistent=False)
+        cos, sin = get_1d_rotary_pos_embed(width // heads, max_frames, use_real=True)
+        self.register_buffer("rotary_cos", cos, persistent=False)
+        self.register_buffer("rotary_sin", sin, persistent=False)
         self.prompt = PromptAttention(width, text_dim, heads) if text_dim else None
         self.blend = AlphaBlender(alpha=0.0, merge_strategy="learned")
 
@@ -108,7 +122,11 @@ class TemporalDiTLayer(nn.Module):
             videos = rows // frames
             along_time = temporal.unflatten(0, (videos, frames)).transpose(1, 2).reshape(videos * patches, frames, width)
             c_video = c.unflatten(0, (videos, frames))[:, 0].repeat_interleave(patches, 0)
-            along_time = self.attention(along_time, c_video, positions=self.positions[:frames].to(tokens.dtype))
+            if self.rotary:  # relative frame offsets with their sign, which text-dependent queries can select
+                rotary = (self.rotary_cos[:frames], self.rotary_sin[:frames])
+                along_time = self.attention(along_time, c_video, rotary=rotary)
+            else:
+                along_time = self.attention(along_time, c_video, positions=self.positions[:frames].to(tokens.dtype))
             temporal = along_time.unflatten(0, (videos, patches)).transpose(1, 2).reshape(rows, patches, width)
         if self.prompt is not None:
             per_video = self.prompt(temporal.reshape(rows // frames, frames * patches, width), *text)
@@ -120,15 +138,16 @@ class VideoDiTBackbone(nn.Module):
     """The image DiT (``DiTBackbone``) with a :class:`TemporalDiTLayer` after every block."""
 
     def __init__(self, image: DiTBackbone, layers=TEMPORAL_LAYERS, heads: int = 4, max_frames: int = 32,
-                 train_spatial: bool = False, context_frames: bool = False, prompt_tokens: bool = False):
+                 train_spatial: bool = False, context_frames: bool = False, prompt_tokens: bool = False,
+                 frame_positions: str = "sinusoidal"):
         super().__init__()
         self.image = image
         if not train_spatial:
             self.image.requires_grad_(False)
         width = image.positions.shape[-1]
         text_dim = image.cond_proj.in_features if prompt_tokens else None
-        self.temporal = nn.ModuleList(TemporalDiTLayer(width, heads, layers, max_frames, text_dim=text_dim)
-                                      for _ in image.blocks)
+        self.temporal = nn.ModuleList(TemporalDiTLayer(width, heads, layers, max_frames, text_dim=text_dim,
+                                                       frame_positions=frame_positions) for _ in image.blocks)
         # the temporal layers' own view of the prompt: the frozen image projection was trained where direction
         # words carried no signal (a single frame shows none), so it need not keep them
         self.temporal_text = nn.Linear(image.cond_proj.in_features, width)

@@ -65,7 +65,8 @@ def build_video_denoiser(cfg: DictConfig, image: Denoiser) -> Denoiser:
                         f"{', '.join(t.__name__ for t in VIDEO_BACKBONES)}")
     backbone = wrap(image.backbone, layers=list(temporal.layers), heads=temporal.heads, max_frames=temporal.max_frames,
                     train_spatial=temporal.train_spatial, context_frames=temporal.context_frames > 0,
-                    prompt_tokens=temporal.get("prompt_tokens", False))
+                    prompt_tokens=temporal.get("prompt_tokens", False),
+                    frame_positions=temporal.get("frame_positions", "sinusoidal"))
     schedule = instantiate(temporal.schedule) if temporal.get("schedule") else image.schedule
     return Denoiser(backbone, schedule, image.parameterization)
 

@@ -107,8 +107,8 @@ def video_diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) 
                                  window=cfg.data.num_frames)["videos"]
         export_videos(out_dir, videos, prompts=prompts)
 
-    return LatentDiffusionStage(denoiser, latents, instantiate(cfg.loss), cfg_dropout=cfg.modality.cfg_dropout,
-                                preview=preview)
+    loss = instantiate(temporal.loss if temporal.get("loss") else cfg.loss)
+    return LatentDiffusionStage(denoiser, latents, loss, cfg_dropout=cfg.modality.cfg_dropout, preview=preview)
 
 
 class DecoderStage:

@@ -3,9 +3,12 @@ temporal layers, both backbones, with and without known frames), spatial weights
 bit-identical after training, and temporal layers that really mix frames and read the prompt."""
 import copy
 
+import numpy as np
 import pytest
 import torch
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
+from modalities.blocks import DiTBlock
 from modalities.image.backbones import DiTBackbone, UNetBackbone
 from modalities.video.backbones import VideoDiTBackbone, VideoUNetBackbone, temporal_parameters
 from modalities.video.conditions import VideoCondition, with_known_frames
@@ -98,6 +101,25 @@ def test_prompt_attention_reads_each_real_token_and_ignores_padding(name):
             torch.nn.init.zeros_(attention.attention.out_proj.weight)  # cross-attention reads it too)
         unread = video(x, t, TextCondition(word, cond.mask, cond.pooled)) - video(x, t, cond)
         assert (moved - unread)[0].abs().max() > 1e-4
+
+
+def test_rotary_frame_positions_start_as_the_image_model_and_see_only_relative_offsets():
+    image, video = build("dit", frame_positions="rotary", context_frames=True)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
+    with torch.no_grad():
+        frames = image(x.flatten(0, 1), t.repeat_interleave(T), per_frame(cond)).unflatten(0, (B, T))
+        assert torch.equal(video(x, t, cond), frames)
+    block = DiTBlock(32, 4)
+    torch.nn.init.normal_(block.modulation[-1].weight, std=0.1)
+    tokens, c = torch.randn(3, 6, 32), torch.randn(3, 32)
+    with torch.no_grad():  # RoPE: frames 0..5 or 7..12, the same offsets between them, the same output
+        first, later = (block(tokens, c, rotary=get_1d_rotary_pos_embed(8, np.arange(s, s + 6), use_real=True))
+                        for s in (0, 7))
+        assert torch.allclose(first, later, atol=1e-5)
+        assert (block(tokens, c, rotary=get_1d_rotary_pos_embed(8, np.arange(0, 12, 2), use_real=True))
+                - first).abs().max() > 1e-3  # other offsets, another output
+    with pytest.raises(ValueError, match="rotary"):
+        build("unet", frame_positions="rotary")
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
