@@ -104,10 +104,12 @@ class TemporalDiTLayer(nn.Module):
         if frame_positions not in FRAME_POSITIONS:
             raise ValueError(f"frame_positions={frame_positions!r}: choose one of {list(FRAME_POSITIONS)}")
         self.rotary = frame_positions == "rotary"
-        self.register_buffer("positions", timestep_embedding(torch.arange(max_frames), width), persistent=False)
-        cos, sin = get_1d_rotary_pos_embed(width // heads, max_frames, use_real=True)
-        self.register_buffer("rotary_cos", cos, persistent=False)
-        self.register_buffer("rotary_sin", sin, persistent=False)
+        if self.rotary:  # only the kind in use is built (non-persistent: checkpoints hold neither)
+            cos, sin = get_1d_rotary_pos_embed(width // heads, max_frames, use_real=True)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
+        else:
+            self.register_buffer("positions", timestep_embedding(torch.arange(max_frames), width), persistent=False)
         self.prompt = PromptAttention(width, text_dim, heads) if text_dim else None
         self.blend = AlphaBlender(alpha=0.0, merge_strategy="learned")
 
