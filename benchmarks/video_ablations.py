@@ -9,7 +9,8 @@ Denoiser rows (all decoded with the image decoder frame by frame, so only the de
                                and seed), e.g. attention only, conv only, all layers trainable, a shifted schedule,
                                the temporal layers cross-attending to the prompt's tokens, rotary frame positions,
                                the video stage on the unweighted v loss (``loss`` applies to it alone: the image
-                               stages come from the source)
+                               stages come from the source), full space-time attention, the prompt whitened
+                               over the training captions, a per-frame (index, prompt) embedding
 Decoder rows (the source's video model, the same sampled latents; and 64 held-out videos encoded):
   image decoder vs fine-tuned video decoder: flicker (mean frame-to-frame change of the shape's colour, 0..255)
   and per-frame L1 reconstruction error of held-out videos, with the data's own flicker beside them.
@@ -52,7 +53,11 @@ DEFAULT_VARIANTS = ["attention only:modality.temporal.layers=[attention]",
                     "shifted schedule (x2):modality.temporal.schedule=${schedule_shifted}",
                     "prompt tokens:modality.temporal.prompt_tokens=true",
                     "rotary frame positions:modality.temporal.frame_positions=rotary",
-                    "simple loss:loss=simple"]
+                    "simple loss:loss=simple",
+                    "space-time attention (rotary):modality.temporal.span=video,modality.temporal.frame_positions=rotary",
+                    "whitened prompt:modality.temporal.text_whitening=true",
+                    "whitened prompt + frame embedding + all trainable:modality.temporal.text_whitening=true,"
+                    "modality.temporal.frame_embedding=true,modality.temporal.train_spatial=true"]
 KEEP = ("valid_rate", "consistency", "motion", "direction_accuracy", "appearance_accuracy", "prompt_accuracy",
         "flicker")
 

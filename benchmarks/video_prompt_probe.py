@@ -6,7 +6,7 @@ flipped ("left" <-> "right", "up" <-> "down") and with its axis swapped ("left" 
 A model that uses the direction loses more with the wrong one; equal errors mean that part of the prompt is
 ignored. Generation settles the trajectory at high noise, so the high-t columns matter most.
 
-    python benchmarks/video_prompt_probe.py --run RUN [--run RUN2 ...] [--num-videos 48]
+    python benchmarks/video_prompt_probe.py --run RUN [--run RUN2 ...] [--num-videos 48] [--known-frames 1]
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from modalities.video import components as parts  # noqa: E402
+from modalities.video.conditions import with_known_frames  # noqa: E402
 from modalities.video.data import MovingShapes  # noqa: E402
 from modalities.video.pipeline import VideoPipeline  # noqa: E402
 from shared.cli.config import build_config  # noqa: E402
@@ -37,7 +38,7 @@ def with_direction(caption: str, mapping: dict) -> str:
 
 
 @torch.no_grad()
-def probe(run: Path, num_videos: int) -> dict:
+def probe(run: Path, num_videos: int, known_frames: int = 0) -> dict:
     pipeline = VideoPipeline(build_config("sample", [f"run_dir={run}"]), run, torch.device("cpu"))
     videos, captions = parts.load_videos(MovingShapes(num_samples=num_videos, split="val",
                                                       num_frames=pipeline.cfg.data.num_frames))
@@ -45,6 +46,9 @@ def probe(run: Path, num_videos: int) -> dict:
     prompts = {"true": captions, "sign flipped": [with_direction(c, SIGN) for c in captions],
                "axis swapped": [with_direction(c, AXIS) for c in captions]}
     conditions = {name: pipeline.conditioner(p) for name, p in prompts.items()}
+    if known_frames:  # the leading frames given exactly (image-to-video): only the direction says where it goes
+        known = torch.full((len(z),), known_frames, dtype=torch.long)
+        conditions = {name: with_known_frames(cond, z, known) for name, cond in conditions.items()}
     generator = torch.Generator().manual_seed(0)
     rows = {name: {} for name in prompts}
     for t in TIMES:
@@ -60,9 +64,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, action="append", required=True)
     parser.add_argument("--num-videos", type=int, default=48)
+    parser.add_argument("--known-frames", type=int, default=0, help="condition on this many leading frames")
     args = parser.parse_args()
     torch.manual_seed(0)
-    report = {str(run): probe(run, args.num_videos) for run in args.run}
+    report = {str(run): probe(run, args.num_videos, args.known_frames) for run in args.run}
     print("| run | prompt | " + " | ".join(f"t={t}" for t in TIMES) + " |\n|---|---|" + "---|" * len(TIMES))
     for run, rows in report.items():
         for name, errors in rows.items():

@@ -66,7 +66,9 @@ def build_video_denoiser(cfg: DictConfig, image: Denoiser) -> Denoiser:
     backbone = wrap(image.backbone, layers=list(temporal.layers), heads=temporal.heads, max_frames=temporal.max_frames,
                     train_spatial=temporal.train_spatial, context_frames=temporal.context_frames > 0,
                     prompt_tokens=temporal.get("prompt_tokens", False),
-                    frame_positions=temporal.get("frame_positions", "sinusoidal"))
+                    frame_positions=temporal.get("frame_positions", "sinusoidal"), span=temporal.get("span", "frames"),
+                    frame_embedding=temporal.get("frame_embedding", False),
+                    text_whitening=temporal.get("text_whitening", False))
     schedule = instantiate(temporal.schedule) if temporal.get("schedule") else image.schedule
     return Denoiser(backbone, schedule, image.parameterization)
 

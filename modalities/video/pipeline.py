@@ -31,6 +31,11 @@ class VideoPipeline:
         self.image_first_stage = load_frozen_first_stage(parts.build_first_stage(cfg), run_dir, device)
         self.conditioner = parts.build_conditioner(cfg).to(device)
         image = parts.build_image_denoiser(cfg, self.image_first_stage, self.conditioner)
+        self.image_denoiser = None
+        if cfg.modality.get("factorised", False):  # the image stage's own weights draw the first frames
+            self.image_denoiser = parts.build_image_denoiser(cfg, self.image_first_stage, self.conditioner)
+            load_stage_weights(run_dir, "image_diffusion", {"denoiser": self.image_denoiser})
+            self.image_denoiser.to(device).eval()
         self.denoiser = parts.build_video_denoiser(cfg, image).to(device).eval()
         load_stage_weights(run_dir, "video_diffusion", {"denoiser": self.denoiser})
 
@@ -63,7 +68,8 @@ class VideoPipeline:
                                  steps=self.cfg.steps, seed=seed, device=self.device,
                                  latent_shape=parts.latent_shape(self.cfg, self.image_first_stage),
                                  num_frames=num_frames, window=window, context_frames=int(context),
-                                 first_frame=self.first_frame(), batch_size=self.cfg.get("batch_size"))
+                                 first_frame=self.first_frame(), batch_size=self.cfg.get("batch_size"),
+                                 image_denoiser=self.image_denoiser)
         return {**result, "prompts": prompts, "seeds": [seed] * len(prompts)}
 
     def export(self, result: dict, out_dir: Path):

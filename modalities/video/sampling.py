@@ -1,6 +1,7 @@
-"""Sampling videos: text-to-video, image-to-video (a known first frame) and videos longer than the model's
-window by autoregressive extension ("Align your latents" §3.2: each new window is conditioned on the last
-``context_frames`` generated frames). Video i is a function of (seed, i) alone, as everywhere in mldm.
+"""Sampling videos: text-to-video (all frames at once, or factorised: the image model's first frame, then the video
+model), image-to-video (a known first frame) and videos longer than the model's window by autoregressive
+extension ("Align your latents" §3.2: each new window is conditioned on the last ``context_frames`` generated
+frames). Video i is a function of (seed, i) alone, as everywhere in mldm.
 """
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def windows(num_frames: int, window: int, context: int, first_known: int) -> lis
 @torch.no_grad()
 def generate_videos(cfg: DictConfig, denoiser, decoder, conditioner, prompts: list[str], *, steps: int, seed: int,
                     device, latent_shape: tuple[int, int], num_frames: int, window: int, context_frames: int = 0,
-                    first_frame: torch.Tensor | None = None, batch_size: int | None = None) -> dict:
+                    first_frame: torch.Tensor | None = None, batch_size: int | None = None,
+                    image_denoiser=None) -> dict:
     """``videos`` [N, num_frames, 3, H, W] in [-1, 1] for ``prompts``, and ``chain`` (GIF frames: video 0's first
     window along its denoising trajectory, its frames side by side) when the config asks for it.
-    ``first_frame``: a normalised latent [C, h, w] every video starts from (kept exactly)."""
+    ``first_frame``: a normalised latent [C, h, w] every video starts from (kept exactly). Without one, an
+    ``image_denoiser`` draws each video's first frame from its prompt (Emu Video's factorised text-to-video)."""
     channels, size = latent_shape
 
     def draw(indices: list[int], generators) -> dict:
@@ -43,12 +46,15 @@ def generate_videos(cfg: DictConfig, denoiser, decoder, conditioner, prompts: li
         text = conditioner([prompts[i] for i in indices]).to(device)
         uncond = VideoCondition(conditioner.null(count).to(device))
         latents, trajectory = None, chain_trajectory(cfg, indices)
-        first_known = 0 if first_frame is None else 1
-        for known, new in windows(num_frames, window, context_frames, first_known):
+        first = None if first_frame is None else first_frame.to(device).expand(count, channels, size, size)
+        if first is None and image_denoiser is not None:
+            first = sample_latent(cfg, image_denoiser, draw_randn((count, channels, size, size), generators, device),
+                                  generators, steps, cond=text, uncond=conditioner.null(count).to(device))
+        for known, new in windows(num_frames, window, context_frames, 0 if first is None else 1):
             length = known + new
             frames = torch.zeros(count, length, channels, size, size, device=device)
             if known:
-                frames[:, :known] = first_frame.to(device) if latents is None else latents[:, -known:]
+                frames[:, :known] = first[:, None] if latents is None else latents[:, -known:]
             mask = (torch.arange(length, device=device) < known).expand(count, length)
             cond = VideoCondition(text, frames, mask)
             x_T = draw_randn((count, length, channels, size, size), generators, device)

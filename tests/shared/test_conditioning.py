@@ -310,3 +310,30 @@ def test_bad_path_is_named(tmp_path):
     (tmp_path / "json_only" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(OSError, match="json_only"):
         TextEncoder(tmp_path / "json_only")
+
+
+def test_whitening_gives_every_direction_of_the_captions_the_same_spread(encoder):
+    """BERT-whitening over the moving_shapes captions: the antonym pairs the encoder puts close together
+    ("left"/"right") end as far apart as a change of colour; the fitted set's covariance is isotropic on its span."""
+    from shared.conditioning.whitening import EmbeddingWhitening
+    captions = [f"a {c} {s} moving {d}" for c in COLORS for s in SHAPES for d in ("left", "right", "up", "down")]
+    pooled = torch.cat([encoder(captions).pooled, encoder.null(1).pooled]).double()
+    whitening = EmbeddingWhitening(pooled.shape[1], shrinkage=0.0).double()
+    assert torch.equal(whitening(pooled), pooled)  # the identity until fitted
+    white = whitening.fit(pooled)(pooled)
+    assert torch.allclose(white.square().sum(1).mean(), torch.tensor(1.0, dtype=torch.float64))
+    centred = white - white.mean(0)
+    eigenvalues = torch.linalg.eigvalsh(centred.T @ centred / len(white))
+    spread = eigenvalues[eigenvalues > 1e-9]
+    assert len(spread) == len(captions) and torch.allclose(spread, spread.mean().expand_as(spread), rtol=1e-6)
+    i = {c: k for k, c in enumerate(captions)}
+    gap = (lambda a, b, x: float((x[i[a]] - x[i[b]]).norm()))
+    sign, colour = ("a red circle moving left", "a red circle moving right"), ("a red circle moving left",
+                                                                            "a blue circle moving left")
+    assert gap(*sign, pooled) < 0.5 * gap(*colour, pooled)  # the encoder: antonyms close
+    assert gap(*sign, white) == pytest.approx(gap(*colour, white), rel=1e-6)  # whitened: a regular simplex
+    restored = EmbeddingWhitening(pooled.shape[1]).double()
+    restored.load_state_dict(whitening.state_dict())  # the statistics travel with the model's weights
+    assert torch.equal(restored(pooled), white)
+    with pytest.raises(ValueError, match="finite"):
+        EmbeddingWhitening(4).fit(torch.full((3, 4), float("nan")))

@@ -10,7 +10,7 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 from modalities.blocks import DiTBlock
 from modalities.image.backbones import DiTBackbone, UNetBackbone
-from modalities.video.backbones import VideoDiTBackbone, VideoUNetBackbone, temporal_parameters
+from modalities.video.backbones import TemporalDiTLayer, VideoDiTBackbone, VideoUNetBackbone, temporal_parameters
 from modalities.video.conditions import VideoCondition, with_known_frames
 from modalities.video.temporal import PromptAttention
 from shared.conditioning.text_encoder import TextCondition
@@ -120,6 +120,65 @@ def test_rotary_frame_positions_start_as_the_image_model_and_see_only_relative_o
                 - first).abs().max() > 1e-3  # other offsets, another output
     with pytest.raises(ValueError, match="rotary"):
         build("unet", frame_positions="rotary")
+
+
+@pytest.mark.parametrize("frame_positions", ["sinusoidal", "rotary"])
+def test_space_time_attention_starts_as_the_image_model_and_reaches_other_patches_of_other_frames(frame_positions):
+    image, video = build("dit", span="video", frame_positions=frame_positions, context_frames=True)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
+    with torch.no_grad():
+        frames = image(x.flatten(0, 1), t.repeat_interleave(T), per_frame(cond)).unflatten(0, (B, T))
+        assert torch.equal(video(x, t, cond), frames)
+    torch.manual_seed(0)
+    reach = {}
+    for span in ("frames", "video"):  # one layer: frame 3's patch 5 changes; does frame 0's patch 2 see it?
+        layer = TemporalDiTLayer(32, 4, ["attention"], frame_positions=frame_positions, span=span)
+        torch.nn.init.normal_(layer.attention.modulation[-1].weight, std=0.1)
+        tokens, c = torch.randn(2 * T, 9, 32), torch.randn(2 * T, 32)
+        changed = tokens.clone()
+        changed[3, 5] += torch.randn(32)  # not a constant: the block's LayerNorm would remove it
+        with torch.no_grad():
+            moved = layer(changed, c, T, 3) - layer(tokens, c, T, 3)
+        assert moved[T:].abs().max() == 0  # the other video is untouched
+        assert moved[0, 5].abs().max() > 1e-4  # the same patch of another frame: both spans
+        reach[span] = moved[0, 2].abs().max()
+    assert reach["frames"] == 0 and reach["video"] > 1e-4
+    with pytest.raises(ValueError, match="span"):
+        build("unet", span="video")
+
+
+def test_frame_prompt_embedding_starts_at_zero_then_depends_on_frame_and_prompt_jointly():
+    image, video = build("dit", frame_embedding=True, context_frames=True)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
+    with torch.no_grad():
+        frames = image(x.flatten(0, 1), t.repeat_interleave(T), per_frame(cond)).unflatten(0, (B, T))
+        assert torch.equal(video(x, t, cond), frames)
+    assert any(p is q for p in temporal_parameters(video) for q in video.frame_embedding.parameters())
+    embedding = video.frame_embedding
+    torch.nn.init.normal_(embedding.mlp[-1].weight, std=0.1)
+    pooled = torch.randn(2, 16)
+    with torch.no_grad():
+        vectors = embedding(pooled, T).reshape(2, T, -1)  # [prompt, frame, width]
+    assert (vectors[:, 1:] - vectors[:, :1]).abs().amax() > 1e-3  # frames differ ...
+    assert (vectors[1] - vectors[0]).abs().amax() > 1e-3          # ... prompts differ ...
+    interaction = vectors[1, 1:] - vectors[1, :1] - (vectors[0, 1:] - vectors[0, :1])
+    assert interaction.abs().amax() > 1e-4  # ... and not additively: the frame's effect depends on the prompt
+    with pytest.raises(ValueError, match="frame_embedding"):
+        build("unet", frame_embedding=True)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_the_whitened_prompt_is_saved_with_the_model_and_keeps_identity_at_init(name):
+    image, video = build(name, text_whitening=True)
+    pooled = torch.randn(7, 16, generator=torch.Generator().manual_seed(2))
+    video.text_whitening.fit(pooled)
+    x, t, cond = torch.randn(B, T, C, S, S), torch.tensor([10.0, 500.0]), text()
+    with torch.no_grad():
+        frames = image(x.flatten(0, 1), t.repeat_interleave(T), per_frame(cond)).unflatten(0, (B, T))
+        assert torch.equal(video(x, t, cond), frames)
+    state = video.state_dict()
+    assert torch.allclose(state["text_whitening.mean"], pooled.mean(0), atol=1e-6)
+    assert not torch.equal(state["text_whitening.matrix"], torch.eye(16))
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -1,6 +1,9 @@
 """The video first stage and sampling: the temporal decoder starts as the image decoder exactly and its
 fine-tuning leaves the encoder and latent statistics untouched; extension windows cover the requested frames;
-a given first frame is kept exactly and longer videos are made window by window."""
+a given first frame is kept exactly and longer videos are made window by window; factorised text-to-video starts
+from the image model's draw."""
+import copy
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -109,6 +112,37 @@ def test_a_first_frame_is_kept_exactly_and_longer_videos_are_made_window_by_wind
     torch.testing.assert_close(videos[:, 0], expected.expand(2, -1, -1, -1), rtol=0, atol=1e-5)
     short = generate_videos(cfg, denoiser, decoder, TinyText(), ["a", "b"], num_frames=4, first_frame=first, **common)
     torch.testing.assert_close(short["videos"], videos[:, :4], rtol=0, atol=1e-5)  # the first window: the same draw
+
+
+def test_factorised_text_to_video_starts_each_video_from_the_image_models_own_draw():
+    """Emu Video's factorisation: the image denoiser draws frame 0 from the prompt (the same draw as sampling it
+    alone with the video's seed), the video model the rest."""
+    from shared.diffusion.draws import draw_randn
+    from shared.generation.generate import generate, sample_latent
+    decoder = FrameByFrame(tiny_image_autoencoder())
+    torch.manual_seed(1)
+    image = DiTBackbone(2, 8, 16, width=32, depth=1, heads=2)
+    for parameter in image.parameters():
+        if not parameter.any():
+            torch.nn.init.normal_(parameter, std=0.02)
+    image_denoiser = Denoiser(image, CosineSchedule(), VPrediction()).eval()
+    video = Denoiser(VideoDiTBackbone(copy.deepcopy(image), context_frames=True), CosineSchedule(),
+                     VPrediction()).eval()
+    cfg = OmegaConf.create({"sampler": {"_target_": "shared.diffusion.samplers.sample_ddim", "_partial_": True},
+                            "guidance": {"_target_": "shared.cli.guidance.guidance", "scale": 2.0}})
+    prompts, text = ["a red circle", "a blue square"], TinyText()
+    out = generate_videos(cfg, video, decoder, text, prompts, steps=2, seed=3, device="cpu", latent_shape=(2, 8),
+                          num_frames=4, window=4, image_denoiser=image_denoiser)
+
+    def image_alone(indices, generators):
+        x_T = draw_randn((len(indices), 2, 8, 8), generators, "cpu")
+        z = sample_latent(cfg, image_denoiser, x_T, generators, 2, cond=text([prompts[i] for i in indices]),
+                          uncond=text.null(len(indices)))
+        return {"frames": decoder.decode_latent(z[:, None]).clamp(-1, 1)}
+
+    expected = generate(image_alone, 2, 3, None)["frames"][:, 0]
+    torch.testing.assert_close(out["videos"][:, 0], expected, rtol=0, atol=1e-5)
+    assert (expected[0] - expected[1]).abs().max() > 1e-3  # each video its own first frame
 
 
 def test_a_clip_too_short_for_the_3d_discriminator_is_one_clear_error():
