@@ -225,11 +225,11 @@ class VideoDiTBackbone(nn.Module):
         tokens = self.image.tokens(x_frames)
         if self.context_projection is not None:
             tokens = tokens + self.context_projection(_frames_context(cond, x)).flatten(2).transpose(1, 2)
-        temporal_view = _temporal_view(self.text_whitening, cond.pooled.to(x.dtype))
+        pooled = cond.pooled.to(x.dtype)
+        temporal_view = _temporal_view(self.text_whitening, pooled)
         if self.frame_embedding is not None:
             tokens = tokens + self.frame_embedding(temporal_view, frames)
-        pooled = cond.pooled.to(x.dtype).repeat_interleave(frames, 0)
-        c = self.image.conditioning(time.repeat_interleave(frames), pooled)
+        c = self.image.conditioning(time.repeat_interleave(frames), pooled.repeat_interleave(frames, 0))
         c_temporal = c + self.temporal_text(temporal_view.repeat_interleave(frames, 0))
         text = (cond.tokens.to(x.dtype), cond.mask)
         for block, temporal in zip(self.image.blocks, self.temporal):

@@ -94,7 +94,7 @@ def video_diffusion_stage(cfg: DictConfig, run_dir: Path, device: torch.device) 
     denoiser = parts.build_video_denoiser(cfg, image)
     temporal = cfg.modality.temporal
     conditions = Conditions(captions=captions, text_encoder=conditioner)
-    if getattr(denoiser.backbone, "text_whitening", None) is not None:  # over every prompt it trains on, null too
+    if denoiser.backbone.text_whitening is not None:  # over every prompt it trains on, null too
         denoiser.backbone.text_whitening.fit(conditions.table.pooled)
     latents = VideoLatents(first_stage, videos, conditions, temporal.context_frames, temporal.text_only, device)
     settings = cfg.trainer
