@@ -19,6 +19,8 @@ def load_images(dataset) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     if isinstance(dataset, Shapes2D):
         images, labels = dataset.materialize()
         return images, [caption_for_label(int(label)) for label in labels], labels
+    if hasattr(dataset, "arrays"):   # a set rendered in bulk (primitive_views): no per-item round trip
+        return dataset.arrays()
     items = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([((item["image"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for item in items])
     return images, [item.get("caption", "") for item in items], torch.tensor([item.get("label", -1) for item in items])

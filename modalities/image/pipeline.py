@@ -1,11 +1,13 @@
 """`mldm sample` / `mldm evaluate` for images: rebuild the trained model from a run directory, sample with
-any core sampler and classifier-free guidance, export, and judge with the shapes2d metric."""
+any core sampler and classifier-free guidance, export, and judge with the data's metric (``modality.judge``:
+the shapes2d judge, or primitive_views' for the text-to-3D prior)."""
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from modalities.image.components import (build_conditioner, build_dataset, build_denoiser, build_first_stage,
@@ -86,6 +88,13 @@ class ImagePipeline:
             modules["label_encoder"] = self.conditioner
         load_stage_weights(run_dir, "diffusion", modules)
 
+    @functools.cached_property
+    def judge(self):
+        """(images, prompts=, labels=) -> metrics: the config's ``modality.judge`` (runs from before it
+        existed: the shapes2d judge)."""
+        spec = self.cfg.modality.get("judge")
+        return instantiate(spec) if spec else evaluate_samples
+
     def prompts(self, num_samples: int, prompt: str | None) -> list[str]:
         if prompt:
             return [prompt] * num_samples
@@ -109,8 +118,9 @@ class ImagePipeline:
         prompts, labels = samples["prompts"], None
         if prompts is not None and len(prompts) and all(str(p).isdigit() for p in prompts):
             prompts, labels = None, [int(p) for p in prompts]  # label-conditioned runs store class indices
-        metrics = evaluate_samples(samples["images"], prompts=prompts, labels=labels)
-        keep = ("n", "valid_rate", "prompt_accuracy", "label_accuracy", "class_entropy")
+        metrics = self.judge(samples["images"], prompts=prompts, labels=labels)
+        keep = ("n", "valid_rate", "prompt_accuracy", "label_accuracy", "color_accuracy", "shape_accuracy",
+                "class_entropy")
         return {k: v for k, v in metrics.items() if k in keep}
 
     @torch.no_grad()
@@ -132,5 +142,6 @@ class ImagePipeline:
                              num_samples=min(num_samples, self.cfg.data.get("num_samples", num_samples)))
         images, captions, _ = load_images(data)
         images, captions = images[:num_samples], captions[:num_samples]  # an image folder: its first files
-        metrics = evaluate_samples(images, prompts=captions)
-        return {k: v for k, v in metrics.items() if k in ("n", "valid_rate", "prompt_accuracy", "class_entropy")}
+        metrics = self.judge(images, prompts=captions)
+        return {k: v for k, v in metrics.items()
+                if k in ("n", "valid_rate", "prompt_accuracy", "color_accuracy", "shape_accuracy", "class_entropy")}

@@ -11,6 +11,7 @@ overwritten without ``overwrite=true``); a command writing into its run director
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -73,12 +74,29 @@ def sample(cfg: DictConfig) -> int:
     return 0
 
 
+# Sample directories that say how they are judged: a marker file there -> its judge (samples_dir -> metrics).
+# They need no modality config: `mldm evaluate samples_dir=DIR` alone judges them.
+MARKED_JUDGES = {"sds.json": "modalities.text_to_3d.mesh_judge:evaluate_samples"}   # `mldm sds` output
+
+
+def marked_judge(cfg: DictConfig) -> str | None:
+    """The judge ("module:function") of ``samples_dir`` when it holds a marker of MARKED_JUDGES, else None."""
+    samples_dir = cfg.get("samples_dir")
+    if not samples_dir or cfg.get("source") == "data" or cfg.get("nll"):
+        return None
+    return next((judge for marker, judge in MARKED_JUDGES.items() if (Path(samples_dir) / marker).is_file()), None)
+
+
 def evaluate(cfg: DictConfig) -> int:
     judge_only = cfg.source == "data" or bool(cfg.get("samples_dir"))
     if cfg.get("nll") and judge_only:
         raise ValueError("nll=true scores held-out data under a trained model: give run_dir=DIR, "
                          "not source=data or samples_dir=")
-    pipeline = build_pipeline(cfg, with_model=not judge_only)
+    marked = marked_judge(cfg)
+    if marked:
+        module, function = marked.split(":")
+        judge = getattr(importlib.import_module(module), function)
+    pipeline = None if marked else build_pipeline(cfg, with_model=not judge_only)
     if cfg.out_dir:
         out_dir = Path(cfg.out_dir)
     elif cfg.source == "data" and not cfg.get("nll"):
@@ -91,6 +109,8 @@ def evaluate(cfg: DictConfig) -> int:
             metrics = prior_nll(pipeline.nll_terms(cfg.split, cfg.num_samples), cfg.nll_steps, cfg.seed)
         elif cfg.source == "data":
             metrics = pipeline.evaluate_data(cfg.split, cfg.num_samples)
+        elif marked:
+            metrics = judge(Path(cfg.samples_dir))
         elif cfg.get("samples_dir"):
             metrics = pipeline.evaluate_samples(Path(cfg.samples_dir))
         else:

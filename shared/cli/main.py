@@ -4,6 +4,8 @@
     mldm sample   run_dir=DIR num_samples=N [sampler=<name>] [steps=K] [prompt="..."] [guidance_scale=G] out_dir=OUT
     mldm evaluate run_dir=DIR [num_samples=N]
     mldm evaluate experiment=<preset> source=data [split=train|val|test|all]
+    mldm evaluate samples_dir=OUT   (an `mldm sds` output: the mesh judge)
+    mldm sds      run_dir=DIR prompt="..."|prompts_file=FILE [out_dir=OUT] [steps=N] [field=voxel|mlp]
 
 A user error (config, data, checkpoint, option; ``shared.errors``) ends in one line naming the key, file
 or record, exit code 2; any other exception is a bug in mldm, reported in one line with exit code 1.
@@ -31,6 +33,7 @@ ENGINES = {
     "train": "shared.training.run:train",
     "sample": "shared.cli.commands:sample",
     "evaluate": "shared.cli.commands:evaluate",
+    "sds": "modalities.text_to_3d.command:sds",
 }
 
 USAGE = {
@@ -38,13 +41,17 @@ USAGE = {
     "sample": "mldm sample run_dir=DIR [num_samples=N] [sampler=<name>] [steps=K] [prompt=\"...\"] "
               "[guidance_scale=G] [out_dir=OUT] [key=value ...]",
     "evaluate": "mldm evaluate run_dir=DIR [num_samples=N] [key=value ...]\n       "
-                "mldm evaluate experiment=<preset> source=data [split=train|val|test|all] [key=value ...]",
+                "mldm evaluate experiment=<preset> source=data [split=train|val|test|all] [key=value ...]\n       "
+                "mldm evaluate samples_dir=OUT (an mldm sds output: the mesh judge)",
+    "sds": "mldm sds run_dir=DIR prompt=\"...\"|prompts_file=FILE [out_dir=OUT] [steps=N] [seed=S] "
+           "[field=voxel|mlp] [sds.<setting>=V ...]",
 }
 
 SUMMARY = {
     "train": "train a model; writes <run_dir>/config.yaml, checkpoints/, logs/, samples/",
     "sample": "generate samples from a trained run into out_dir",
     "evaluate": "metrics of generated samples (run_dir) or of the data itself (source=data)",
+    "sds": "text to 3D by score distillation on an image run: meshes, turntables, fields into out_dir",
 }
 
 OVERRIDES_HELP = """\
@@ -111,6 +118,10 @@ def _load_engine(command: str):
 def _check_modality(command: str, cfg: DictConfig) -> None:
     if cfg.get("modality") is not None:
         return
+    if command == "evaluate" and cfg.get("samples_dir"):
+        from shared.cli.commands import marked_judge   # the engine's module, imported next anyway
+        if marked_judge(cfg):   # a sample directory that names its own judge (mldm sds output)
+            return
     presets = ", ".join(group_options().get("experiment", [])) or "none yet"
     run = "" if command == "train" else "run_dir=DIR or "
     raise ConfigError(f"no modality selected: choose {run}experiment=<preset> (available: {presets})")

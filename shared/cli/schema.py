@@ -29,6 +29,11 @@ class Split(str, Enum):
     all = "all"
 
 
+class FieldKind(str, Enum):
+    voxel = "voxel"
+    mlp = "mlp"
+
+
 class Precision(str, Enum):
     bf16 = "bf16"
     fp32 = "fp32"
@@ -122,7 +127,26 @@ class EvaluateKeys(GenerateKeys):
     nll_steps: int = at_least(1)
 
 
-SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys}
+@dataclass
+class SdsKeys:
+    """`mldm sds`: its ``sds`` node (the distillation settings) is checked against DistillSettings by the
+    engine, which owns those types."""
+    run_dir: str = MISSING
+    prompt: Optional[str] = MISSING
+    prompts_file: Optional[str] = MISSING
+    out_dir: Optional[str] = MISSING
+    steps: Optional[int] = at_least(1)
+    seed: int = at_least(0)
+    field: FieldKind = MISSING
+    field_resolution: int = at_least(2)
+    mesh_resolution: int = at_least(8)
+    turntable_frames: int = at_least(1)
+    checkpoint_every: int = at_least(0)
+    overwrite: bool = MISSING
+    device: str = MISSING
+
+
+SCHEMAS = {"train": TrainKeys, "sample": SampleKeys, "evaluate": EvaluateKeys, "sds": SdsKeys}
 
 
 def _type_name(tp) -> str:

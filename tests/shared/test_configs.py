@@ -104,7 +104,7 @@ def check_core(cfg):
 
 def test_tree_layout():
     top = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    assert top == ["evaluate", "sample", "train"]
+    assert top == ["evaluate", "sample", "sds", "train"]   # one per command of shared.cli.main.ENGINES
     expected = {"modality", "data", "autoencoder", "backbone", "schedule", "parameterization", "loss",
                 "sampler", "guidance", "trainer", "experiment"}
     assert set(GROUPS) == expected
