@@ -10,6 +10,7 @@ Rendered once per split and cached under ``cache_dir`` (``.npz``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -105,14 +106,23 @@ class PrimitiveViews(torch.utils.data.Dataset):
         return self.num_samples
 
     def views(self, positions=None) -> ViewParams:
-        positions = range(self.num_samples) if positions is None else positions
+        """The draws of items ``positions`` (default: the whole split, drawn once per instance)."""
+        if positions is None:
+            return self._split_views
+        return self._draw(positions)
+
+    @functools.cached_property
+    def _split_views(self) -> ViewParams:
+        return self._draw(range(self.num_samples))
+
+    def _draw(self, positions) -> ViewParams:
         draws = [draw_view(np.random.default_rng([self.seed, SPLIT_IDS[self.split], int(i)])) for i in positions]
         if not draws:
             return ViewParams(*(np.zeros((0, 3) if k in ("params", "light_axis", "rgb") else 0)
                                 for k in ViewParams.__dataclass_fields__))
         return ViewParams(*(np.stack([d[k] for d in draws]) for k in ViewParams.__dataclass_fields__))
 
-    @property
+    @functools.cached_property
     def captions(self) -> list[str]:
         views = self.views()
         return [caption_for(int(k), int(c), float(a) if self.view_suffixes else None)
