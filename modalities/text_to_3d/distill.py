@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from modalities.image.pipeline import ImagePipeline, encode_prompts, null_condition
+from shared.cli.config import build_config
 from shared.diffusion.guidance import ClassifierFreeGuidance
 from shared.diffusion.score_distillation import TimeAnnealing, sds_estimate, sds_gradient, sds_loss, x0_weight
 
@@ -52,11 +54,8 @@ class ImagePrior:
     image run's pipeline (its autoencoder, text encoder and EMA denoiser)."""
 
     def __init__(self, pipeline):
-        from modalities.image.pipeline import encode_prompts, null_condition
-
         self.first_stage, self.denoiser, self.conditioner = pipeline.first_stage, pipeline.denoiser, pipeline.conditioner
         self.device = pipeline.device
-        self._encode_prompts, self._null = encode_prompts, null_condition
         for module in (self.first_stage, self.denoiser, self.conditioner):
             if module is not None:
                 module.requires_grad_(False)
@@ -71,8 +70,8 @@ class ImagePrior:
 
     def guided(self, prompts: list[str], scale: float):
         """(x̂₀ denoiser with classifier-free guidance at ``scale``, the prompts' condition)."""
-        cond = self._encode_prompts(self.conditioner, prompts, self.device)
-        uncond = self._null(self.conditioner, len(prompts), self.device)
+        cond = encode_prompts(self.conditioner, prompts, self.device)
+        uncond = null_condition(self.conditioner, len(prompts), self.device)
         return ClassifierFreeGuidance(self.denoiser, scale, uncond), cond
 
 
@@ -149,8 +148,5 @@ def _shading(step: int, settings: DistillSettings, generator: torch.Generator) -
 
 def load_prior(run_dir: Path, device) -> ImagePrior:
     """The image run at ``run_dir`` as a prior (its own config.yaml decides the parts)."""
-    from modalities.image.pipeline import ImagePipeline
-    from shared.cli.config import build_config
-
     cfg = build_config("sample", [f"run_dir={run_dir}"])
     return ImagePrior(ImagePipeline(cfg, Path(run_dir), torch.device(device)))

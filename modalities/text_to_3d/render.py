@@ -51,11 +51,11 @@ def _field_with_normals(field, points: torch.Tensor, want_normals: bool):
 
 
 def composite(density, colour, distances, delta):
-    """Alpha compositing along the last sample axis -> (weights [..., S], colour [..., 3], opacity, depth)."""
+    """Alpha compositing along the last sample axis -> (colour [..., 3], opacity, depth)."""
     alpha = 1.0 - torch.exp(-density * delta[..., None])
     transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha[..., :-1] + 1e-10], -1), -1)
     weights = alpha * transmittance
-    return weights, (weights[..., None] * colour).sum(-2), weights.sum(-1), (weights * distances).sum(-1)
+    return (weights[..., None] * colour).sum(-2), weights.sum(-1), (weights * distances).sum(-1)
 
 
 def _background(background, rgb: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ def render(field, cameras: Cameras, height: int, width: int, *, num_samples: int
         lambert = (normals.reshape(*distances.shape, 3) * light.to(normals)[:, None, None, :]).sum(-1).clamp_min(0)
         shade = (ambient + diffuse * lambert)[..., None]
         colour = shade * (albedo if shading == "lambertian" else torch.ones_like(albedo))
-    _, rgb, opacity, depth = composite(density, colour, distances, (far - near) / num_samples)
+    rgb, opacity, depth = composite(density, colour, distances, (far - near) / num_samples)
     rgb = rgb + (1.0 - opacity[..., None]) * _background(background, rgb)
     image = (lambda v, c: v.reshape(n, height, width, c).permute(0, 3, 1, 2))
     return {"rgb": image(rgb, 3), "opacity": image(opacity[..., None], 1), "depth": image(depth[..., None], 1),
