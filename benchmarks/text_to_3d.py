@@ -1,5 +1,6 @@
 """Text-to-3D by score distillation, measured: seconds per step by part, and ablations on the same prompts and
-seeds, each judged from renders of the distilled field (8 views around it, the primitive_views judge).
+seeds, each judged from renders of the distilled field (8 views around it, the primitive_views judge) and from
+the meshes `mldm sds` exports with either mesh_method (the mesh judge of `mldm evaluate samples_dir=`).
 
     python benchmarks/text_to_3d.py --run PRIOR_RUN [--prompts 15|5] [--variant NAME:KEY=VALUE,KEY=VALUE ...]
 
@@ -9,13 +10,13 @@ the MLP field and latent-space SDS. Writes a JSON table to --out (default output
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,13 +25,19 @@ from modalities.shape.data import PRIMITIVE_KINDS  # noqa: E402
 from modalities.text_to_3d.cameras import light_directions, orbit_cameras, sample_cameras  # noqa: E402
 from modalities.text_to_3d.distill import DistillSettings, distill, load_prior  # noqa: E402
 from modalities.text_to_3d.fields import MLPField, VoxelField  # noqa: E402
+from modalities.text_to_3d.command import distill_settings  # noqa: E402
+from modalities.text_to_3d.mesh_judge import judge_meshes, score  # noqa: E402
 from modalities.text_to_3d.metrics import evaluate_views  # noqa: E402
+from modalities.text_to_3d.sds_output import cut_mesh  # noqa: E402
 from modalities.text_to_3d.render import render  # noqa: E402
 from shared.diffusion.score_distillation import sds_estimate  # noqa: E402
 
 DEFAULT_VARIANTS = ["default:", "cfg_30:guidance_scale=30", "cfg_100:guidance_scale=100",
                     "uniform_w:weighting=uniform", "fantasia3d_w:weighting=fantasia3d", "no_anneal:anneal=none",
                     "mlp_field:field=mlp", "latent_sds:space=latent"]
+
+
+FIELD_KEYS = ("field", "density_activation")   # variant keys for the field; the others are DistillSettings'
 
 
 def prompts(count: int) -> list[str]:
@@ -46,14 +53,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def settings_of(pairs: dict) -> tuple[DistillSettings, str]:
-    defaults = DistillSettings()
-    values = {}
-    for key, value in pairs.items():
-        if key == "field":
-            continue
-        kind = type(getattr(defaults, key))
-        values[key] = value == "true" if kind is bool else kind(value)
-    return dataclasses.replace(defaults, **values), pairs.get("field", "voxel")
+    """(the settings, typed and checked as `mldm sds sds.KEY=VALUE` would be, the field kind)."""
+    values = {key: yaml.safe_load(value) for key, value in pairs.items() if key not in FIELD_KEYS}
+    return distill_settings(values), pairs.get("field", "voxel")
 
 
 def judge_field(field, prompt: str) -> dict:
@@ -64,21 +66,44 @@ def judge_field(field, prompt: str) -> dict:
     return evaluate_views(images, prompts=[prompt] * len(images))
 
 
+MESH_METHODS = ("level", "hull")
+
+
+def mesh_of(field, settings: DistillSettings, method: str):
+    """The mesh `mldm sds mesh_method=METHOD` would export (96³ marching cubes), or None without a surface."""
+    try:
+        return cut_mesh(field, settings, 96, "cpu", method)[0]
+    except ValueError:
+        return None
+
+
 def run_variant(prior, name: str, pairs: dict, prompt_list: list[str]) -> dict:
     settings, field_kind = settings_of(pairs)
-    rows = []
+    rows, meshes = [], {method: [] for method in MESH_METHODS}
     for index, prompt in enumerate(prompt_list):
-        field = MLPField() if field_kind == "mlp" else VoxelField(resolution=64)
+        activation = pairs.get("density_activation", "softplus")
+        field = (MLPField(density_activation=activation) if field_kind == "mlp"
+                 else VoxelField(resolution=64, density_activation=activation))
         start = time.perf_counter()
         distill(prior, field, prompt, settings, seed=index)
         seconds = time.perf_counter() - start
         verdict = judge_field(field, prompt)
+        for method in MESH_METHODS:
+            meshes[method].append(mesh_of(field, settings, method))
         rows.append({"prompt": prompt, "seconds": round(seconds, 1), **{k: verdict[k] for k in
                      ("valid_rate", "color_accuracy", "shape_accuracy", "prompt_accuracy")}})
         print(f"{name} {prompt!r}: {rows[-1]}", flush=True)
     mean = (lambda key: round(sum(r[key] for r in rows) / len(rows), 3))
+    by_mesh = {}
+    for method in MESH_METHODS:
+        verdict = judge_meshes(meshes[method])
+        for row, kind, color in zip(rows, verdict["kind"], verdict["color"]):
+            row[f"{method}_mesh_kind"], row[f"{method}_mesh_color"] = int(kind), int(color)
+        by_mesh[method] = {k: v for k, v in score(verdict, prompt_list).items()
+                           if k in ("shape_accuracy", "color_accuracy", "prompt_accuracy")}
     return {"variant": name, "overrides": pairs, "shape_accuracy": mean("shape_accuracy"),
             "color_accuracy": mean("color_accuracy"), "prompt_accuracy": mean("prompt_accuracy"),
+            "mesh": by_mesh,
             "seconds_per_prompt": mean("seconds"), "prompts": rows}
 
 
@@ -99,7 +124,7 @@ def part_timings(prior, steps: int = 40) -> dict:
         with torch.no_grad():
             z = prior.encode(images)
         totals["encode"] += time.perf_counter() - clock
-        guided, cond = prior.guided(["a red torus, side view"], settings.guidance_scale)
+        guided, cond = prior.guided(["a red torus, side view"], settings.guidance_scale or prior.default_guidance_scale)
         clock = time.perf_counter()
         x0, alpha, sigma = sds_estimate(guided, z, torch.tensor([0.5]), torch.randn(z.shape, generator=generator), cond)
         totals["denoiser"] += time.perf_counter() - clock
@@ -128,8 +153,10 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
     for row in result["variants"]:
-        print(f"{row['variant']:>14}: shape {row['shape_accuracy']:.2f} colour {row['color_accuracy']:.2f} "
-              f"prompt {row['prompt_accuracy']:.2f} {row['seconds_per_prompt']:.0f} s/prompt")
+        meshes = " | ".join(f"{method} meshes: shape {m['shape_accuracy']:.2f} colour {m['color_accuracy']:.2f}"
+                            for method, m in row["mesh"].items())
+        print(f"{row['variant']:>14}: views: shape {row['shape_accuracy']:.2f} colour {row['color_accuracy']:.2f} "
+              f"prompt {row['prompt_accuracy']:.2f} | {meshes} | {row['seconds_per_prompt']:.0f} s/prompt")
 
 
 if __name__ == "__main__":

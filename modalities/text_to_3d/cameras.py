@@ -88,6 +88,20 @@ def camera_rays(cameras: Cameras, height: int, width: int) -> tuple[torch.Tensor
     return cameras.eye[:, None, None, :].expand_as(directions), directions
 
 
+def project(cameras: Cameras, points: torch.Tensor, height: int, width: int):
+    """World points [P, 3] in each camera: (row, col) [N, P] in pixels (pixel centres at integers, the inverse
+    of ``camera_rays``), the distance from the eye [N, P], and whether the point is in the image [N, P]."""
+    local = torch.einsum("nji,npj->npi", cameras.rotation, points[None] - cameras.eye[:, None, :])
+    ahead = local[..., 2] < 0
+    tan = torch.tan(cameras.fov_y / 2)[:, None]
+    depth = (-local[..., 2]).clamp_min(1e-9)
+    x = local[..., 0] / depth / (tan * (width / height))
+    y = local[..., 1] / depth / tan
+    col, row = (x + 1) / 2 * width - 0.5, (1 - y) / 2 * height - 0.5
+    inside = ahead & (col > -0.5) & (col < width - 0.5) & (row > -0.5) & (row < height - 0.5)
+    return row, col, (points[None] - cameras.eye[:, None, :]).norm(dim=-1), inside
+
+
 def turn(directions: torch.Tensor, angle: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
     """Unit ``directions`` [N, 3] turned by ``angle`` [N] degrees about ``axis`` [N, 3] made perpendicular to
     them (Rodrigues' rotation about a perpendicular unit axis k: v cos a + (k × v) sin a)."""

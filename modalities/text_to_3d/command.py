@@ -13,6 +13,7 @@ import inspect
 import shutil
 import sys
 import time
+import typing
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .fields import MLPField, VoxelField
 from .mesh_judge import MARKER_FILE
 from .sds_checkpoint import canonical, load_checkpoint, save_checkpoint
 from .sds_output import export_prompt, finished, stem_of, write_outputs
+from .stable_diffusion import StableDiffusionPrior
 
 FIELDS = {"voxel": VoxelField, "mlp": MLPField}
 IMAGE_PIPELINE = "modalities.image.pipeline.ImagePipeline"
@@ -75,6 +77,16 @@ def _setting(key: str, value, default):
     raise ConfigError(f"{key}={value!r}: expected {wanted}")
 
 
+def _example(name: str, f):
+    """A value of the type DistillSettings declares for ``name`` (its default; for an optional setting
+    defaulting to None, a value of the type beside None)."""
+    default = f.default if f.default is not MISSING else f.default_factory()
+    if default is not None:
+        return default
+    kinds = [k for k in typing.get_args(typing.get_type_hints(DistillSettings)[name]) if k is not type(None)]
+    return kinds[0]()
+
+
 def distill_settings(node, steps: int | None = None) -> DistillSettings:
     """DistillSettings from the config's ``sds`` node (read field by field, so the dataclass decides the names
     and types); ``steps`` (the top-level key) replaces ``sds.steps`` when given."""
@@ -86,12 +98,13 @@ def distill_settings(node, steps: int | None = None) -> DistillSettings:
     chosen = {}
     for name, f in known.items():
         if name in values:
-            default = f.default if f.default is not MISSING else f.default_factory()
-            chosen[name] = _setting(f"sds.{name}", values[name], default)
+            optional = f.default is None and values[name] is None
+            chosen[name] = None if optional else _setting(f"sds.{name}", values[name], _example(name, f))
     if steps is not None:
         chosen["steps"] = steps
-    if chosen.get("steps", 1) < 1:
-        raise ConfigError(f"sds.steps={chosen['steps']}: must be >= 1")
+    for name in ("steps", "size"):
+        if chosen.get(name) is not None and chosen[name] < 1:
+            raise ConfigError(f"sds.{name}={chosen[name]}: must be >= 1")
     return DistillSettings(**chosen)
 
 
@@ -102,11 +115,30 @@ def field_spec(cfg: DictConfig) -> dict:
             if p.default is not inspect.Parameter.empty}
     if cfg.field == "voxel":
         args["resolution"] = cfg.field_resolution
+    args["density_activation"] = cfg.density_activation
     return {"kind": cfg.field, "args": args}
 
 
 def build_field(spec: dict) -> torch.nn.Module:
     return FIELDS[spec["kind"]](**spec["args"])
+
+
+def prior_source(cfg: DictConfig) -> tuple[str, Path]:
+    """("run_dir", an mldm image run) or ("pretrained", a local Stable Diffusion folder): exactly one given."""
+    if (cfg.run_dir is None) == (cfg.pretrained is None):
+        given = "both" if cfg.run_dir is not None else "neither"
+        raise ConfigError(f"give exactly one prior: run_dir=RUN (an mldm image run) or pretrained=DIR (a local "
+                          f"diffusers Stable Diffusion folder) (got {given})")
+    if cfg.pretrained is not None:
+        return "pretrained", Path(cfg.pretrained)
+    _check_image_run(cfg)
+    return "run_dir", Path(cfg.run_dir)
+
+
+def load_any_prior(kind: str, path: Path, device):
+    if kind == "pretrained":
+        return StableDiffusionPrior(path, device)
+    return load_prior(path, device)
 
 
 def _check_image_run(cfg: DictConfig) -> None:
@@ -151,14 +183,15 @@ def distill_prompt(prior, prompt: str, seed: int, settings: DistillSettings, spe
 def sds(cfg: DictConfig) -> int:
     prompts = read_prompts(cfg)
     settings = distill_settings(cfg.sds, cfg.steps)
-    _check_image_run(cfg)
-    run_dir = Path(cfg.run_dir)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir / "sds" / time.strftime("cli-%Y%m%d-%H%M%S")
+    kind, prior_path = prior_source(cfg)
+    default_parent = prior_path / "sds" if kind == "run_dir" else Path("outputs") / "sds"
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_parent / time.strftime("cli-%Y%m%d-%H%M%S")
     state_dir = out_dir.absolute().parent / f".{out_dir.name}.sds_state"
     device = resolve_device(cfg.device)
     spec = field_spec(cfg)
-    common = {"prior": str(run_dir.resolve()), "field": spec, "settings": asdict(settings)}
-    run = canonical({**common, "mesh_resolution": cfg.mesh_resolution, "turntable_frames": cfg.turntable_frames})
+    common = {"prior": str(prior_path.resolve()), "field": spec, "settings": asdict(settings)}
+    run = canonical({**common, "mesh_resolution": cfg.mesh_resolution, "mesh_method": cfg.mesh_method,
+                     "turntable_frames": cfg.turntable_frames})
     start = time.perf_counter()
     with writing_to(cfg, out_dir, "sds"):
         before = finished(out_dir, run)
@@ -173,14 +206,14 @@ def sds(cfg: DictConfig) -> int:
                 done.append((record, out_dir))
                 continue
             if prior is None:
-                prior = load_prior(run_dir, device)
+                prior = load_any_prior(kind, prior_path, device)
             identity = {**common, "prompt": prompt, "seed": seed}
             field, losses = distill_prompt(prior, prompt, seed, settings, spec, state_dir / f"{stem}.safetensors",
                                            cfg.checkpoint_every, device, identity, f"{stem} {prompt!r}")
             meta = {"prompt": prompt, "seed": seed, "step": settings.steps, "field": spec,
                     "settings": asdict(settings), "prior": common["prior"]}
             record = export_prompt(state_dir / stem, stem, field, losses, meta, settings, cfg.mesh_resolution,
-                                   cfg.turntable_frames, device)
+                                   cfg.turntable_frames, device, cfg.mesh_method)
             done.append((record, state_dir / stem))
             write_outputs(out_dir, done, run)
             done[-1] = (record, out_dir)              # its files now live in out_dir

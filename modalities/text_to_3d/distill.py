@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from modalities.image.pipeline import ImagePipeline, encode_prompts, null_condition
 from shared.cli.config import build_config
@@ -25,11 +26,11 @@ class DistillSettings:
     """Everything one distillation run reads (``configs/sds.yaml`` mirrors it)."""
 
     steps: int = 600
-    views: int = 1                     # cameras per step
+    views: int = 4                     # cameras per step (4: less SDS variance, solid rather than hazy shapes)
     lr: float = 0.05
-    size: int = 32                     # render size: the prior's image size
+    size: int | None = None            # render size; None: the prior's (its image size, SD: 64, resized up)
     ray_samples: int = 48
-    guidance_scale: float = 7.5        # our small prior leaves its data manifold above ~10 (README)
+    guidance_scale: float | None = None  # None: the prior's own (an mldm run 7.5, Stable Diffusion 100)
     space: str = "image"               # image: pull the render towards the decoded x̂₀ (HiFA); latent: DreamFusion's
     weighting: str = "sds"
     t_min: float = 0.02
@@ -51,11 +52,15 @@ class DistillSettings:
 
 class ImagePrior:
     """The frozen image LDM as score distillation uses it: renders in, guided x̂₀ out. Built from an mldm
-    image run's pipeline (its autoencoder, text encoder and EMA denoiser)."""
+    image run's pipeline (its autoencoder, text encoder and EMA denoiser). ``StableDiffusionPrior`` is the
+    same interface over a local Stable Diffusion folder."""
+
+    default_guidance_scale = 7.5       # our small prior's extrapolation leaves its data above ~10 (README)
 
     def __init__(self, pipeline):
         self.first_stage, self.denoiser, self.conditioner = pipeline.first_stage, pipeline.denoiser, pipeline.conditioner
         self.device = pipeline.device
+        self.image_size = self.render_size = int(pipeline.cfg.data.size)
         for module in (self.first_stage, self.denoiser, self.conditioner):
             if module is not None:
                 module.requires_grad_(False)
@@ -89,18 +94,20 @@ def distill(prior: ImagePrior, field: torch.nn.Module, prompt: str, settings: Di
     generator = torch.Generator().manual_seed(seed) if generator is None else generator
     optimizer = make_optimizer(field, settings) if optimizer is None else optimizer
     times = TimeAnnealing(settings.t_min, settings.t_max, settings.anneal, settings.t_end)
+    size = settings.size or prior.render_size
+    scale = prior.default_guidance_scale if settings.guidance_scale is None else settings.guidance_scale
     losses = []
     for step in range(start_step, settings.steps):
         cameras = sample_cameras(settings.views, generator, elevation=settings.elevation,
                                  distance=(settings.distance,) * 2, fov_y=(settings.fov_y,) * 2)
         prompts = [prompt + (view_suffix(float(a)) if settings.view_prompts else "") for a in cameras.azimuth]
         shading = _shading(step, settings, generator)
-        out = render(field, cameras.to(prior.device), settings.size, settings.size, num_samples=settings.ray_samples,
+        out = render(field, cameras.to(prior.device), size, size, num_samples=settings.ray_samples,
                      generator=generator, shading=shading,
                      light=light_directions(cameras, settings.light_max_angle, generator).to(prior.device),
                      background=settings.background)
-        images = out["rgb"] * 2 - 1
-        guided, cond = prior.guided(prompts, settings.guidance_scale)
+        images = _to_prior_size(out["rgb"] * 2 - 1, prior.image_size)
+        guided, cond = prior.guided(prompts, scale)
         t = times(len(images), step / max(settings.steps - 1, 1), generator).to(prior.device)
         loss = _sds_loss(prior, guided, images, t, generator, cond, settings)
         total = loss + settings.sparsity_weight * out["opacity"].mean()
@@ -133,6 +140,13 @@ def _sds_loss(prior: ImagePrior, guided, images, t, generator, cond, settings: D
     weight = x0_weight(settings.weighting, alpha, sigma)
     gradient = torch.nan_to_num(weight * (images.detach() - prior.decode(x0)), 0.0, 0.0, 0.0)
     return sds_loss(images, gradient)
+
+
+def _to_prior_size(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Renders resized (bilinearly, differentiably) to the prior's input size, as threestudio does."""
+    if images.shape[-1] == image_size and images.shape[-2] == image_size:
+        return images
+    return F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
 
 
 def _entropy(opacity: torch.Tensor) -> torch.Tensor:

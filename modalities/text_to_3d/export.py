@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from modalities.shape.mesh import drop_small_components, evaluate_grid, mesh_from_grid
 from modalities.text_to_3d.cameras import Cameras, orbit_cameras
+from modalities.text_to_3d.carve import hull_occupancy
 from modalities.video.files import write_mp4
 from shared.io.animation import gif_bytes
 from shared.io.atomic_files import atomic_write, atomic_write_path
@@ -88,14 +89,31 @@ def field_mesh(field: torch.nn.Module, level: float, resolution: int = 96, devic
     albedo at each vertex as uint8 RGBA vertex colours. No surface at that level: ValueError."""
     if not (math.isfinite(level) and level > 0):
         raise ValueError(f"the density level must be a positive number, got {level}")
-    bound = float(field.bound)
     # level - density is negative inside, the sign convention mesh_from_grid expects
-    values = evaluate_grid(lambda p: level - field(p)[0], resolution, bound, chunk=CHUNK, device=device)
-    mesh = drop_small_components(mesh_from_grid(values, bound, level=0.0), min_component_fraction)
-    if len(mesh.faces) == 0:
-        densest = float(level - values.min())
+    values = evaluate_grid(lambda p: level - field(p)[0], resolution, float(field.bound), chunk=CHUNK, device=device)
+    if values.min() >= 0:
         raise ValueError(f"no surface at density level {level:g}: the field's densest grid point has density "
-                         f"{densest:g} (choose a lower level, or a finer resolution than {resolution})")
+                         f"{float(level - values.min()):g} (choose a lower level, or a finer resolution than {resolution})")
+    return _colored_surface(field, values, min_component_fraction, device)
+
+
+def hull_mesh(field: torch.nn.Module, cameras: Cameras, resolution: int = 96, device="cpu",
+              min_component_fraction: float = 0.05, pixels: int = 128, num_samples: int = 192) -> trimesh.Trimesh:
+    """The surface where the soft visual hull of ``cameras``' renders (``pixels``², ``num_samples`` per ray) is ½
+    (``carve.hull_occupancy``): what the renders show, however hazy the density. Vertex colours and speck
+    removal as ``field_mesh``."""
+    occupancy = hull_occupancy(field, cameras, resolution, pixels, num_samples, device)
+    if occupancy.max() < 0.5:
+        raise ValueError("no point is seen at opacity >= 0.5 from every view: the field is empty, there is no "
+                         "surface to mesh")
+    return _colored_surface(field, 0.5 - occupancy, min_component_fraction, device)
+
+
+def _colored_surface(field, values: np.ndarray, min_component_fraction: float, device) -> trimesh.Trimesh:
+    """Marching cubes of ``values`` (negative inside) over the field's box, specks dropped, albedo colours."""
+    mesh = drop_small_components(mesh_from_grid(values, float(field.bound), level=0.0), min_component_fraction)
+    if len(mesh.faces) == 0:
+        raise ValueError("the surface is empty at this grid resolution (choose a finer one)")
     mesh.visual.vertex_colors = _vertex_colors(field, np.asarray(mesh.vertices), device)
     return mesh
 

@@ -1,8 +1,8 @@
 """What ``mldm sds`` leaves per prompt, and the sample directory it goes into.
 
-Per prompt (stem ``000000``, ...): ``<stem>.ply/.obj/.glb`` (the coloured mesh, cut at the level whose
-silhouette matches the renders: ``export.choose_level``), ``<stem>_turntable.gif/.mp4`` (Lambertian),
-``<stem>_field.safetensors`` and ``<stem>_loss.png``; one line in samples.jsonl (``file``: the PLY, or null
+Per prompt (stem ``000000``, ...): ``<stem>.ply/.obj/.glb`` (the coloured mesh: the soft visual hull of the
+renders, ``export.hull_mesh``, or the density level whose silhouette matches them, ``export.choose_level``),
+``<stem>_turntable.gif/.mp4`` (Lambertian), ``<stem>_field.safetensors`` and ``<stem>_loss.png``; one line in samples.jsonl (``file``: the PLY, or null
 when the field held no surface, then ``mesh_error`` says why). ``sds.json`` marks the directory as an
 ``mldm sds`` output (``mldm evaluate samples_dir=`` then uses the mesh judge) and records the run's settings.
 
@@ -22,7 +22,8 @@ from shared.io.sample_dir import INDEX_FILE, read_index, write_sample_dir
 
 from .cameras import orbit_cameras
 from .distill import DistillSettings
-from .export import choose_level, field_mesh, loss_plot, save_field, save_mesh, turntable
+from .carve import carving_cameras
+from .export import choose_level, field_mesh, hull_mesh, loss_plot, save_field, save_mesh, turntable
 from .mesh_judge import MARKER_FILE
 from .render import render
 
@@ -44,8 +45,14 @@ def artefacts(record: dict) -> list[str]:
 
 
 @torch.no_grad()
-def cut_mesh(field, settings: DistillSettings, resolution: int, device):
-    """(the coloured mesh, its density level): the level chosen from 8 fixed views' opacity and ray maxima."""
+def cut_mesh(field, settings: DistillSettings, resolution: int, device, method: str = "level"):
+    """(the coloured mesh, its density level or None). ``hull``: the soft visual hull of ``carve``'s 40 views
+    (``export.hull_mesh``); ``level``: the density level chosen from 8 fixed views' opacity and ray maxima."""
+    if method == "hull":
+        return hull_mesh(field, carving_cameras(settings.distance, settings.fov_y), resolution, device,
+                         pixels=max(32, resolution), num_samples=2 * settings.ray_samples), None
+    if method != "level":
+        raise ValueError(f"mesh_method must be hull or level, got {method!r}")
     views = orbit_cameras(MESH_VIEW_AZIMUTHS, MESH_VIEW_ELEVATIONS, settings.distance, settings.fov_y)
     out = render(field, views.to(device), RENDER_PX, RENDER_PX, num_samples=2 * settings.ray_samples, shading="albedo")
     level = choose_level(out["max_density"], out["opacity"][:, 0])
@@ -63,14 +70,16 @@ def lambertian_renderer(field, settings: DistillSettings, device):
 
 
 def export_prompt(work_dir: Path, stem: str, field, losses: list[float], meta: dict, settings: DistillSettings,
-                  mesh_resolution: int, turntable_frames: int, device) -> dict:
+                  mesh_resolution: int, turntable_frames: int, device, mesh_method: str = "level") -> dict:
     """Write one prompt's files into ``work_dir``; returns its index record (without ``file``)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     record = {"stem": stem, "prompt": meta["prompt"], "seed": meta["seed"], "steps": meta["step"]}
     try:
-        mesh, level = cut_mesh(field, settings, mesh_resolution, device)
+        mesh, level = cut_mesh(field, settings, mesh_resolution, device, mesh_method)
         save_mesh(mesh, work_dir / stem)
-        record["level"] = level
+        record["mesh_method"] = mesh_method
+        if level is not None:
+            record["level"] = level
     except ValueError as error:   # no surface: the other files still show what the field became
         record["mesh_error"] = str(error)
     turntable(lambertian_renderer(field, settings, device), work_dir / f"{stem}_turntable", frames=turntable_frames,

@@ -5,7 +5,7 @@
     mldm evaluate run_dir=DIR [num_samples=N]
     mldm evaluate experiment=<preset> source=data [split=train|val|test|all]
     mldm evaluate samples_dir=OUT   (an `mldm sds` output: the mesh judge)
-    mldm sds      run_dir=DIR prompt="..."|prompts_file=FILE [out_dir=OUT] [steps=N] [field=voxel|mlp]
+    mldm sds      run_dir=DIR|pretrained=SD_DIR prompt="..."|prompts_file=FILE [out_dir=OUT] [steps=N] [field=voxel|mlp]
 
 A user error (config, data, checkpoint, option; ``shared.errors``) ends in one line naming the key, file
 or record, exit code 2; any other exception is a bug in mldm, reported in one line with exit code 1.
@@ -43,7 +43,7 @@ USAGE = {
     "evaluate": "mldm evaluate run_dir=DIR [num_samples=N] [key=value ...]\n       "
                 "mldm evaluate experiment=<preset> source=data [split=train|val|test|all] [key=value ...]\n       "
                 "mldm evaluate samples_dir=OUT (an mldm sds output: the mesh judge)",
-    "sds": "mldm sds run_dir=DIR prompt=\"...\"|prompts_file=FILE [out_dir=OUT] [steps=N] [seed=S] "
+    "sds": "mldm sds run_dir=DIR|pretrained=SD_DIR prompt=\"...\"|prompts_file=FILE [out_dir=OUT] [steps=N] [seed=S] "
            "[field=voxel|mlp] [sds.<setting>=V ...]",
 }
 
@@ -116,7 +116,7 @@ def _load_engine(command: str):
 
 
 def _check_modality(command: str, cfg: DictConfig) -> None:
-    if cfg.get("modality") is not None:
+    if cfg.get("modality") is not None or command == "sds":   # sds: its engine names the prior it lacks
         return
     if command == "evaluate" and cfg.get("samples_dir"):
         from shared.cli.commands import marked_judge   # the engine's module, imported next anyway

@@ -34,6 +34,16 @@ class FieldKind(str, Enum):
     mlp = "mlp"
 
 
+class DensityActivation(str, Enum):
+    softplus = "softplus"
+    exp = "exp"
+
+
+class MeshMethod(str, Enum):
+    hull = "hull"
+    level = "level"
+
+
 class Precision(str, Enum):
     bf16 = "bf16"
     fp32 = "fp32"
@@ -131,7 +141,8 @@ class EvaluateKeys(GenerateKeys):
 class SdsKeys:
     """`mldm sds`: its ``sds`` node (the distillation settings) is checked against DistillSettings by the
     engine, which owns those types."""
-    run_dir: str = MISSING
+    run_dir: Optional[str] = MISSING
+    pretrained: Optional[str] = MISSING
     prompt: Optional[str] = MISSING
     prompts_file: Optional[str] = MISSING
     out_dir: Optional[str] = MISSING
@@ -139,7 +150,9 @@ class SdsKeys:
     seed: int = at_least(0)
     field: FieldKind = MISSING
     field_resolution: int = at_least(2)
+    density_activation: DensityActivation = MISSING
     mesh_resolution: int = at_least(8)
+    mesh_method: MeshMethod = MISSING
     turntable_frames: int = at_least(1)
     checkpoint_every: int = at_least(0)
     overwrite: bool = MISSING

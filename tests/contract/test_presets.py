@@ -25,6 +25,8 @@ PRESETS = {
             "autoencoder.width=16", "autoencoder.decoder_width=16", "autoencoder.decoder_depth=1",
             "modality.autoencoder_training.queries=64", "backbone.width=16", "backbone.depth=1",
             "modality.mesh.resolution=16"],
+    "text3d_prior": ["experiment=text3d_prior_tiny", "data.num_samples=16", "data.cache_dir=null",
+                     "backbone.width=32", "backbone.depth=1"],
     "video": ["experiment=video_tiny", "data.num_samples=8", "backbone.width=32",
               "backbone.depth=1", "modality.temporal.heads=2", "modality.video_decoder.adversarial.discriminator.channels=8"],
     "molecule": ["experiment=molecule_qm9_tiny", "autoencoder.hidden=16", "autoencoder.decoder_blocks=1",

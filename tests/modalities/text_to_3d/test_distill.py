@@ -19,6 +19,8 @@ class GaussianPrior:
     N(mean image, s²I) fitted to primitive_views renders — the Bayes-optimal denoiser of that model."""
 
     device = torch.device("cpu")
+    image_size = render_size = 32
+    default_guidance_scale = 7.5
 
     def __init__(self):
         images, _, labels = PrimitiveViews(num_samples=600, cache_dir=None).arrays()
@@ -58,7 +60,7 @@ def _mean_colour(field) -> torch.Tensor:
 
 @pytest.mark.parametrize("colour", [0, 1, 2])
 def test_sds_moves_the_field_towards_the_prompted_colour(prior, colour):
-    settings = DistillSettings(steps=30, ambient_only_steps=30, guidance_scale=7.5, ray_samples=32, lr=0.05)
+    settings = DistillSettings(steps=30, views=1, ambient_only_steps=30, guidance_scale=7.5, ray_samples=32, lr=0.05)
     field = VoxelField(resolution=16)
     before = _mean_colour(field)
     losses = distill(prior, field, f"a {COLORS[colour]} sphere", settings, seed=0)
@@ -70,7 +72,7 @@ def test_sds_moves_the_field_towards_the_prompted_colour(prior, colour):
 
 def test_distillation_is_reproducible(prior):
     """Every draw comes from the seeded generator (resuming bit for bit rests on it: test_sds_cli)."""
-    settings = DistillSettings(steps=6, ambient_only_steps=2, ray_samples=16)
+    settings = DistillSettings(steps=6, views=1, ambient_only_steps=2, ray_samples=16)
     fields = [VoxelField(resolution=8) for _ in range(3)]
     for field, seed in zip(fields, (3, 3, 4)):
         distill(prior, field, "a red box", settings, seed=seed)

@@ -55,7 +55,7 @@ def test_sds_writes_mesh_turntable_field_loss_and_index(sds_out, prior_run):
     state, meta = load_field(sds_out / "000000_field.safetensors")
     assert meta["prompt"] == "a red torus" and meta["seed"] == 0 and meta["step"] == 3
     assert meta["field"] == {"kind": "voxel", "args": {"resolution": 16, "bound": 1.0, "blob_density": 10.0,
-                                                       "blob_radius": 0.5}}
+                                                       "blob_radius": 0.5, "density_activation": "softplus"}}
     assert meta["settings"]["steps"] == 3 and state["density_raw"].shape[-1] == 16
     assert not list(sds_out.parent.glob(".*sds_state")), "the resume state outlived the finished run"
 
@@ -81,21 +81,28 @@ def test_prompts_file_one_prompt_per_line(prior_run, tmp_path, mldm_here):
     out_dir = tmp_path / "out"
     out = mldm_here("sds", f"run_dir={prior_run}", f"prompts_file={prompts}", f"out_dir={out_dir}", "seed=7",
                     "steps=2", "field_resolution=12", "mesh_resolution=24", "turntable_frames=1", "field=mlp",
+                    "mesh_method=hull",
                     "sds.ray_samples=16")
     assert out.returncode == 0, out.stderr[-4000:]
     records = read_index(out_dir)
     assert [(r["prompt"], r["seed"]) for r in records] == [("a green cone", 7), ("a blue box", 8)]
     assert (out_dir / "000001_turntable.mp4").is_file()
     assert load_field(out_dir / "000001_field.safetensors")[1]["field"]["kind"] == "mlp"
+    assert all(r.get("mesh_method") == "hull" for r in records if r["file"] is not None)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["prompt=a red box"], "run_dir: a value is required"),
+    (["prompt=a red box"], "give exactly one prior: run_dir=RUN"),
+    (["RUN", "pretrained=elsewhere", "prompt=a red box"], "give exactly one prior"),
+    (["pretrained=elsewhere", "prompt=a red box"], "pretrained=elsewhere: not a folder"),
+    (["RUN", "prompt=a red box", "sds.size=0"], "sds.size=0: must be >= 1"),
     (["RUN", "prompt=a red box", "prompts_file=p.txt"], "exactly one of prompt"),
     (["RUN"], "exactly one of prompt"),
     (["RUN", "prompt=a red box", "sds.nope=1"], "unknown key 'sds.nope'"),
     (["RUN", "prompt=a red box", "sds.lr=fast"], "sds.lr='fast': expected float"),
     (["RUN", "prompt=a red box", "field=grid"], "field: expected one of voxel|mlp"),
+    (["RUN", "prompt=a red box", "mesh_method=poisson"], "mesh_method: expected one of hull|level"),
+    (["RUN", "prompt=a red box", "density_activation=relu"], "density_activation: expected one of softplus|exp"),
 ])
 def test_errors_are_one_clear_line(prior_run, tmp_path, mldm_here, args, message):
     args = [f"run_dir={prior_run}" if a == "RUN" else a for a in args]
@@ -154,12 +161,14 @@ def test_the_yaml_sds_node_mirrors_distill_settings():
     assert command.distill_settings(node) == DistillSettings()
 
 
-def test_a_field_without_surface_is_recorded_without_a_mesh(tmp_path):
+@pytest.mark.parametrize("method,message", [("level", "no pixel has opacity >= 0.5"),
+                                            ("hull", "no point is seen at opacity >= 0.5")])
+def test_a_field_without_surface_is_recorded_without_a_mesh(tmp_path, method, message):
     empty = VoxelField.from_values(torch.zeros(8, 8, 8), torch.tensor([0.8, 0.1, 0.1]))
     meta = {"prompt": "a red sphere", "seed": 0, "step": 1}
     record = export_prompt(tmp_path / "work", "000000", empty, [0.5], meta, DistillSettings(ray_samples=8), 16, 1,
-                           "cpu")
-    assert "no pixel has opacity" in record["mesh_error"]
+                           "cpu", method)
+    assert message in record["mesh_error"]
     out = write_outputs(tmp_path / "out", [(record, tmp_path / "work")], {"run": 1})
     [line] = read_index(out)
     assert line["file"] is None and (out / "000000_turntable.gif").is_file() and not (out / "000000.obj").exists()
