@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from modalities.image.pipeline import ImagePipeline, encode_prompts, null_condition
 from shared.cli.config import build_config
 from shared.diffusion.guidance import ClassifierFreeGuidance
-from shared.diffusion.score_distillation import TimeAnnealing, sds_estimate, sds_gradient, sds_loss, x0_weight
+from shared.diffusion.score_distillation import (
+    TimeAnnealing, safe_gradient, sds_estimate, sds_gradient, sds_loss, x0_weight)
 
 from .cameras import light_directions, sample_cameras, view_suffix
 from .render import render
@@ -33,6 +34,7 @@ class DistillSettings:
     guidance_scale: float | None = None  # None: the prior's own (an mldm run 7.5, Stable Diffusion 100)
     space: str = "image"               # image: pull the render towards the decoded x̂₀ (HiFA); latent: DreamFusion's
     weighting: str = "sds"
+    grad_clip: float | None = None     # clamp each element of the SDS gradient to [−c, c] (threestudio's grad_clip)
     t_min: float = 0.02
     t_max: float = 0.98
     anneal: str = "sqrt"
@@ -130,7 +132,7 @@ def _sds_loss(prior: ImagePrior, guided, images, t, generator, cond, settings: D
     if settings.space == "latent":
         z = prior.encode(images)
         noise = torch.randn(z.shape, generator=generator).to(z)
-        return sds_loss(z, sds_gradient(guided, z, t, noise, cond, settings.weighting))
+        return sds_loss(z, sds_gradient(guided, z, t, noise, cond, settings.weighting, settings.grad_clip))
     if settings.space != "image":
         raise ValueError(f"sds.space must be 'image' or 'latent', got {settings.space!r}")
     with torch.no_grad():
@@ -138,8 +140,7 @@ def _sds_loss(prior: ImagePrior, guided, images, t, generator, cond, settings: D
     noise = torch.randn(z.shape, generator=generator).to(z)
     x0, alpha, sigma = sds_estimate(guided, z, t, noise, cond)
     weight = x0_weight(settings.weighting, alpha, sigma)
-    gradient = torch.nan_to_num(weight * (images.detach() - prior.decode(x0)), 0.0, 0.0, 0.0)
-    return sds_loss(images, gradient)
+    return sds_loss(images, safe_gradient(weight * (images.detach() - prior.decode(x0)), settings.grad_clip))
 
 
 def _to_prior_size(images: torch.Tensor, image_size: int) -> torch.Tensor:

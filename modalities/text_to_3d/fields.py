@@ -5,8 +5,8 @@ returns ``(density [...], albedo [..., 3])``. Two trainable fields: a voxel grid
 DVGO / Plenoxels; Magic3D's coarse stage is a grid too) and a NeRF MLP on Fourier features (Mildenhall et
 al. 2020). Both start from threestudio's density blob, σ_raw += λ(1 − |x|/r): an empty scene gives SDS
 nothing to shade, a blob at the centre gives it a surface to carve. Density is softplus(σ_raw) (threestudio's
-default) or exp(σ_raw) (stable-dreamfusion's and torch-ngp's): under exp an optimizer step scales the density,
-so a haze clears and a surface turns solid in tens of steps rather than hundreds.
+default) or exp(σ_raw) (stable-dreamfusion's and torch-ngp's): under exp an optimizer step scales the density
+rather than shifting it, so dense and faint regions move at the same relative rate.
 """
 from __future__ import annotations
 

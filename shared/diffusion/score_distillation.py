@@ -65,12 +65,18 @@ def _weight(weighting: str, alpha, sigma):
 
 
 def sds_gradient(denoiser, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond=None,
-                 weighting: str = "sds") -> torch.Tensor:
-    """w(t)(ε̂(z_t; y, t) − ε) per element, no graph. NaN/inf become 0 (threestudio's nan_to_num: one bad
-    render must not poison the field)."""
+                 weighting: str = "sds", clip: float | None = None) -> torch.Tensor:
+    """w(t)(ε̂(z_t; y, t) − ε) per element, no graph, made safe by ``safe_gradient``."""
     x0, alpha, sigma = sds_estimate(denoiser, z, t, noise, cond)
     eps_hat = eps_from_x0(alpha * z.detach().float() + sigma * noise, x0, alpha, sigma)
-    return torch.nan_to_num(_weight(weighting, alpha, sigma) * (eps_hat - noise), 0.0, 0.0, 0.0)
+    return safe_gradient(_weight(weighting, alpha, sigma) * (eps_hat - noise), clip)
+
+
+def safe_gradient(gradient: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+    """NaN/inf become 0 and, with ``clip``, every element is clamped to [−clip, clip] (threestudio's
+    nan_to_num and ``grad_clip``: one bad render or one huge pull must not wreck the field)."""
+    gradient = torch.nan_to_num(gradient, 0.0, 0.0, 0.0)
+    return gradient if clip is None else gradient.clamp(-clip, clip)
 
 
 def x0_weight(weighting: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from shared.diffusion.denoiser import Denoiser
 from shared.diffusion.guidance import ClassifierFreeGuidance
 from shared.diffusion.parameterization import VPrediction
 from shared.diffusion.schedules import CosineSchedule, LinearSchedule
-from shared.diffusion.score_distillation import TimeAnnealing, sds_gradient, sds_loss
+from shared.diffusion.score_distillation import TimeAnnealing, safe_gradient, sds_gradient, sds_loss
 
 
 class FixedEstimate(torch.nn.Module):
@@ -66,6 +66,15 @@ def test_a_real_denoiser_and_nan_safety():
     assert torch.equal(sds_gradient(denoiser, z, torch.tensor([0.5, 0.5]), noise), torch.zeros_like(z))
     with pytest.raises(ValueError, match="sds.weighting"):
         sds_gradient(denoiser, z, torch.tensor([0.5, 0.5]), noise, weighting="dreamtime")
+
+
+def test_gradient_clipping_clamps_each_element():
+    gradient = torch.tensor([-5.0, -0.5, 0.2, 3.0, float("inf"), float("nan")])
+    assert torch.equal(safe_gradient(gradient, clip=1.0), torch.tensor([-1.0, -0.5, 0.2, 1.0, 0.0, 0.0]))
+    assert torch.equal(safe_gradient(gradient)[:4], gradient[:4])
+    z, noise, t = torch.zeros(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([0.9, 0.9])
+    far = FixedEstimate(torch.full_like(z, 100.0), CosineSchedule())
+    assert sds_gradient(far, z, t, noise, clip=0.5).abs().max() == 0.5
 
 
 def test_time_annealing():
