@@ -1,12 +1,10 @@
-"""Meshing what the renders show: space carving (Kutulakos & Seitz 2000) with each view's depth where the
-accumulated opacity reaches ½, instead of a bare silhouette.
+"""Meshing what the renders show: the soft visual hull, space carving (Kutulakos & Seitz 2000) on rendered opacity.
 
 A distilled field is often a soft haze (its density ~1 over a thick shell): every iso-surface of it is noise, yet
-its renders show a clean object. Here a point is inside if every view that sees it sees it behind that view's
-½-opacity surface: per view the truncated signed distance s = clamp(|p − eye| − d(pixel), −τ, τ) (d = inf where
-the pixel stays under ½ opacity, so s = −τ: seen through), the minimum over views, marching cubes at 0. The
-mesh's silhouette in each carving view is the rendered {opacity ≥ ½} by construction. Concavities no view sees
-into stay filled (a visual hull's limit); the torus hole is seen from above.
+its renders show a clean object. Here a grid point's occupancy is the smallest rendered opacity where it projects,
+over the views that see it (a point no view sees is outside), and the mesh is its ½ level set, so the mesh's
+silhouette in each carving view is the rendered {opacity ≥ ½} by construction. Concavities no view sees into stay
+filled (a visual hull's limit); the torus hole is seen from above.
 """
 from __future__ import annotations
 

@@ -51,20 +51,11 @@ def _field_with_normals(field, points: torch.Tensor, want_normals: bool):
 
 
 def composite(density, colour, distances, delta):
-    """Alpha compositing along the last sample axis -> (colour [..., 3], opacity, depth, weights [..., S])."""
+    """Alpha compositing along the last sample axis -> (colour [..., 3], opacity, depth)."""
     alpha = 1.0 - torch.exp(-density * delta[..., None])
     transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha[..., :-1] + 1e-10], -1), -1)
     weights = alpha * transmittance
-    return (weights[..., None] * colour).sum(-2), weights.sum(-1), (weights * distances).sum(-1), weights
-
-
-def crossing_distance(weights: torch.Tensor, distances: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Per ray, the distance of the first sample by which the accumulated opacity reaches ``threshold`` (the
-    surface a viewer sees, however soft the field); inf on rays that never reach it."""
-    reached = weights.detach().cumsum(-1) >= threshold
-    first = reached.float().argmax(-1, keepdim=True)
-    depth = distances.detach().gather(-1, first)[..., 0]
-    return torch.where(reached.any(-1), depth, torch.full_like(depth, float("inf")))
+    return (weights[..., None] * colour).sum(-2), weights.sum(-1), (weights * distances).sum(-1)
 
 
 def _background(background, rgb: torch.Tensor) -> torch.Tensor:
@@ -87,9 +78,8 @@ def render(field, cameras: Cameras, height: int, width: int, *, num_samples: int
     (default: towards each camera); ``background``: an RGB [3], per-view [N, 3] or per-pixel [N, H, W, 3]
     colour in [0, 1] (default black); ``generator``: stratified samples (None: bin midpoints, deterministic).
 
-    Returns ``rgb`` [N, 3, H, W] in [0, 1], ``opacity`` and ``depth`` [N, 1, H, W], ``max_density`` [N, H, W],
-    the largest density along each ray (an iso-level's silhouette is where it exceeds the level), and
-    ``surface_depth`` [N, H, W], where each ray's opacity reaches ½ (inf where it does not; no gradient).
+    Returns ``rgb`` [N, 3, H, W] in [0, 1], ``opacity`` and ``depth`` [N, 1, H, W], and ``max_density``
+    [N, H, W], the largest density along each ray (an iso-level's silhouette is where it exceeds the level).
     """
     if shading not in SHADINGS:
         raise ValueError(f"shading must be one of {SHADINGS}, got {shading!r}")
@@ -107,9 +97,8 @@ def render(field, cameras: Cameras, height: int, width: int, *, num_samples: int
         lambert = (normals.reshape(*distances.shape, 3) * light.to(normals)[:, None, None, :]).sum(-1).clamp_min(0)
         shade = (ambient + diffuse * lambert)[..., None]
         colour = shade * (albedo if shading == "lambertian" else torch.ones_like(albedo))
-    rgb, opacity, depth, weights = composite(density, colour, distances, (far - near) / num_samples)
+    rgb, opacity, depth = composite(density, colour, distances, (far - near) / num_samples)
     rgb = rgb + (1.0 - opacity[..., None]) * _background(background, rgb)
     image = (lambda v, c: v.reshape(n, height, width, c).permute(0, 3, 1, 2))
     return {"rgb": image(rgb, 3), "opacity": image(opacity[..., None], 1), "depth": image(depth[..., None], 1),
-            "max_density": density.amax(-1).reshape(n, height, width),
-            "surface_depth": crossing_distance(weights, distances).reshape(n, height, width)}
+            "max_density": density.amax(-1).reshape(n, height, width)}

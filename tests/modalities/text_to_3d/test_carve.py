@@ -1,5 +1,5 @@
-"""Meshing what the renders show (the soft visual hull), and its pieces: projection inverts camera_rays, each
-ray's ½-opacity depth, the exp density activation."""
+"""Meshing what the renders show (the soft visual hull), and its pieces: projection inverts camera_rays; the exp
+density activation."""
 import math
 
 import numpy as np
@@ -57,18 +57,6 @@ def test_project_inverts_camera_rays():
         assert torch.allclose(distance[0], torch.full((3,), 2.2), atol=1e-5) and inside.all()
     behind = project(cameras[:1], 2 * cameras.eye[:1], 12, 20)[3]     # farther out than the eye: behind it
     assert not behind.any()
-
-
-def test_surface_depth_is_where_the_opacity_reaches_a_half():
-    camera = orbit_cameras([0.0], [0.0], 3.0, 45.0)
-    solid = render(Ball(0.6, 500.0), camera, 9, 9, num_samples=512, shading="albedo")
-    # along the axis ∫σ = 500·0.01·softplus((0.6 − r)/0.01) from outside: ln 2 at the ball's soft front edge
-    front = 0.6 - 0.01 * math.log(math.expm1(math.log(2) / 5.0))
-    assert float(solid["surface_depth"][0, 4, 4]) == pytest.approx(3.0 - front, abs=0.01)
-    assert math.isinf(float(solid["surface_depth"][0, 0, 0]))                           # a ray past the ball
-    haze = render(Ball(0.6, 1.0), camera, 9, 9, num_samples=512, shading="albedo")
-    # σ = 1 from 2.4 on: the opacity 1 − exp(−(s − 2.4)) reaches ½ at s = 2.4 + ln 2, deep inside the haze
-    assert float(haze["surface_depth"][0, 4, 4]) == pytest.approx(2.4 + math.log(2), abs=0.01)
 
 
 def test_hull_of_a_ball_is_a_watertight_sphere_of_the_radius_its_renders_show():
