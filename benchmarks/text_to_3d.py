@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,8 +25,8 @@ from modalities.image.data import COLORS  # noqa: E402
 from modalities.shape.data import PRIMITIVE_KINDS  # noqa: E402
 from modalities.text_to_3d.cameras import light_directions, orbit_cameras, sample_cameras  # noqa: E402
 from modalities.text_to_3d.distill import DistillSettings, distill, load_prior  # noqa: E402
-from modalities.text_to_3d.fields import MLPField, VoxelField  # noqa: E402
-from modalities.text_to_3d.command import distill_settings  # noqa: E402
+from modalities.text_to_3d.fields import VoxelField  # noqa: E402
+from modalities.text_to_3d.command import build_field, distill_settings, field_spec  # noqa: E402
 from modalities.text_to_3d.mesh_judge import judge_meshes, score  # noqa: E402
 from modalities.text_to_3d.metrics import evaluate_views  # noqa: E402
 from modalities.text_to_3d.sds_output import cut_mesh  # noqa: E402
@@ -81,9 +82,8 @@ def run_variant(prior, name: str, pairs: dict, prompt_list: list[str]) -> dict:
     settings, field_kind = settings_of(pairs)
     rows, meshes = [], {method: [] for method in MESH_METHODS}
     for index, prompt in enumerate(prompt_list):
-        activation = pairs.get("density_activation", "softplus")
-        field = (MLPField(density_activation=activation) if field_kind == "mlp"
-                 else VoxelField(resolution=64, density_activation=activation))
+        field = build_field(field_spec(OmegaConf.create({"field": field_kind, "field_resolution": 64,
+                                                          "density_activation": pairs.get("density_activation", "softplus")})))
         start = time.perf_counter()
         distill(prior, field, prompt, settings, seed=index)
         seconds = time.perf_counter() - start

@@ -26,13 +26,13 @@ from shared.errors import ConfigError
 from shared.training.run import resolve_device
 
 from .distill import DistillSettings, distill, load_prior, make_optimizer
-from .fields import MLPField, VoxelField
+from .fields import MLPField, SDFVoxelField, VoxelField
 from .mesh_judge import MARKER_FILE
 from .sds_checkpoint import canonical, load_checkpoint, save_checkpoint
 from .sds_output import export_prompt, finished, stem_of, write_outputs
 from .stable_diffusion import StableDiffusionPrior
 
-FIELDS = {"voxel": VoxelField, "mlp": MLPField}
+FIELDS = {"voxel": VoxelField, "mlp": MLPField, "sdf": SDFVoxelField}
 IMAGE_PIPELINE = "modalities.image.pipeline.ImagePipeline"
 
 
@@ -113,9 +113,10 @@ def field_spec(cfg: DictConfig) -> dict:
     cls = FIELDS[cfg.field]
     args = {name: p.default for name, p in inspect.signature(cls).parameters.items()
             if p.default is not inspect.Parameter.empty}
-    if cfg.field == "voxel":
+    if "resolution" in args:
         args["resolution"] = cfg.field_resolution
-    args["density_activation"] = cfg.density_activation
+    if "density_activation" in args:
+        args["density_activation"] = cfg.density_activation
     return {"kind": cfg.field, "args": args}
 
 

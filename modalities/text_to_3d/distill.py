@@ -45,6 +45,8 @@ class DistillSettings:
     tv_weight: float = 0.1             # total variation of the voxel grid (Plenoxels)
     sparsity_weight: float = 0.01      # mean opacity (fewer floaters)
     opaque_weight: float = 0.0         # entropy of each pixel's opacity: solid or empty, not haze (threestudio)
+    eikonal_weight: float = 1.0        # |∇d| = 1 for a signed-distance field (field=sdf; others have no eikonal)
+    curvature_weight: float = 0.01     # mean |Δd| of a signed-distance field (Neuralangelo): smooth, not speckled
     elevation: tuple = (-10.0, 45.0)
     distance: float = 3.0
     fov_y: float = 45.0
@@ -117,6 +119,10 @@ def distill(prior: ImagePrior, field: torch.nn.Module, prompt: str, settings: Di
             total = total + settings.opaque_weight * _entropy(out["opacity"]).mean()
         if settings.tv_weight and hasattr(field, "total_variation"):
             total = total + settings.tv_weight * field.total_variation()
+        if settings.eikonal_weight and hasattr(field, "eikonal"):
+            total = total + settings.eikonal_weight * field.eikonal()
+        if settings.curvature_weight and hasattr(field, "curvature"):
+            total = total + settings.curvature_weight * field.curvature()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

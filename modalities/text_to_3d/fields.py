@@ -1,9 +1,9 @@
 """3D fields for score distillation: density σ(x) ≥ 0 and albedo a(x) ∈ [0, 1]³ over [−bound, bound]³.
 
 The protocol the renderer and the exporter use: a module with ``bound`` whose ``forward(points [..., 3])``
-returns ``(density [...], albedo [..., 3])``. Two trainable fields: a voxel grid (the CPU default, as
-DVGO / Plenoxels; Magic3D's coarse stage is a grid too) and a NeRF MLP on Fourier features (Mildenhall et
-al. 2020). Both start from threestudio's density blob, σ_raw += λ(1 − |x|/r): an empty scene gives SDS
+returns ``(density [...], albedo [..., 3])``. Three trainable fields: a voxel grid (the CPU default, as
+DVGO / Plenoxels; Magic3D's coarse stage is a grid too), a NeRF MLP on Fourier features (Mildenhall et
+al. 2020), and a signed-distance grid rendered as a solid (VolSDF's density; ``SDFVoxelField``). The first two start from threestudio's density blob, σ_raw += λ(1 − |x|/r): an empty scene gives SDS
 nothing to shade, a blob at the centre gives it a surface to carve. Density is softplus(σ_raw) (threestudio's
 default) or exp(σ_raw) (stable-dreamfusion's and torch-ngp's): under exp an optimizer step scales the density
 rather than shifting it, so dense and faint regions move at the same relative rate.
@@ -51,6 +51,14 @@ def activation_pair(name: str):
     return DENSITY_ACTIVATIONS[name]
 
 
+def _grid_sample(grid: torch.Tensor, points: torch.Tensor, bound: float) -> torch.Tensor:
+    """Trilinear values [..., C] of a [1, C, R, R, R] grid over [−bound, bound]³ at points [..., 3]."""
+    # grid_sample reads (x, y, z) as (W, H, D): flip so the coordinates index [x, y, z]
+    where = (points / bound).flip(-1).reshape(1, -1, 1, 1, 3).to(grid.dtype)
+    values = F.grid_sample(grid, where, mode="bilinear", padding_mode="border", align_corners=True)
+    return values.reshape(grid.shape[1], -1).T.reshape(*points.shape[:-1], grid.shape[1])
+
+
 class VoxelField(nn.Module):
     """Density and albedo on an R³ grid over [−bound, bound]³, sampled trilinearly. Raw values pass through
     the density activation (softplus or exp) and a sigmoid (albedo); grid index [x, y, z] is the point (x
@@ -83,15 +91,9 @@ class VoxelField(nn.Module):
     def resolution(self) -> int:
         return self.density_raw.shape[-1]
 
-    def _sample(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        # grid_sample reads (x, y, z) as (W, H, D): flip so the coordinates index [x, y, z]
-        where = (points / self.bound).flip(-1).reshape(1, -1, 1, 1, 3).to(grid.dtype)
-        values = F.grid_sample(grid, where, mode="bilinear", padding_mode="border", align_corners=True)
-        return values.reshape(grid.shape[1], -1).T.reshape(*points.shape[:-1], grid.shape[1])
-
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        density = self.activation(self._sample(self.density_raw, points)[..., 0])
-        return density, torch.sigmoid(self._sample(self.albedo_raw, points))
+        density = self.activation(_grid_sample(self.density_raw, points, self.bound)[..., 0])
+        return density, torch.sigmoid(_grid_sample(self.albedo_raw, points, self.bound))
 
     def total_variation(self) -> torch.Tensor:
         """Mean squared difference between neighbouring cells of the raw density and albedo (Plenoxels)."""
@@ -135,3 +137,90 @@ class MLPField(nn.Module):
         out = self.net(self.features(points / self.bound))
         density = self.activation(out[..., 0] + blob_bias(points, self.blob_density, self.blob_radius))
         return density, torch.sigmoid(out[..., 1:])
+
+
+SDF_UNIT = 0.2   # grid values are sdf / SDF_UNIT: an Adam step of lr 0.05 moves the surface ~1/3 of a 64³ cell
+
+
+class SDFVoxelField(nn.Module):
+    """A signed distance d (negative inside) and albedo on voxel grids, rendered with the density
+    σ_max·sigmoid(−d/s) (VolSDF, Yariv et al. 2021; the density primitive_views draws its primitives with): a
+    surface s thick, so no view can be explained by a haze.
+
+    d is the sum of grids at ``levels`` resolutions, each upsampled trilinearly to the finest (a dense
+    Instant-NGP pyramid), a level of resolution r in units of SDF_UNIT·r₀/r (r₀ the coarsest): a step moves
+    the coarse cells most, so they reshape the whole solid (a box's corners, a torus's hole) while the fine ones
+    add detail; one fine grid alone random-walks into per-cell noise under SDS. It starts as a sphere of
+    ``radius`` in the coarsest level (the density fields' blob). ``eikonal()`` keeps |∇d| = 1 (Gropp et al.
+    2020), without which d could flatten to a plateau of near-zero distance, a haze again; ``curvature()``
+    smooths the speckle SDS leaves. The box is ±1.25: the spec's sphere has radius 1, and a field clipped at
+    ±1 turns it into a rounded cube."""
+
+    def __init__(self, resolution: int = 64, bound: float = 1.25, radius: float = 0.5, max_density: float = 200.0,
+                 softness: float = 0.03, levels: tuple = (16, 32)):
+        super().__init__()
+        sizes = sorted({int(r) for r in levels if int(r) < resolution}) + [int(resolution)]
+        if sizes[0] < 3:
+            raise ValueError(f"field.resolution and its levels must be >= 3, got {sizes}")
+        if not softness > 0:
+            raise ValueError(f"the SDF field's softness must be > 0, got {softness}")
+        self.bound, self.max_density, self.softness = float(bound), float(max_density), float(softness)
+        coarse = _grid_coordinates(sizes[0], bound).norm(dim=-1) - radius
+        self.sdf_levels = nn.ParameterList(
+            [nn.Parameter((coarse / SDF_UNIT)[None, None])]
+            + [nn.Parameter(torch.zeros(1, 1, r, r, r)) for r in sizes[1:]])
+        self.albedo_raw = nn.Parameter(torch.zeros(1, 3, resolution, resolution, resolution))
+
+    @property
+    def resolution(self) -> int:
+        return self.albedo_raw.shape[-1]
+
+    def distance_grid(self) -> torch.Tensor:
+        """d on the finest grid, [1, 1, R, R, R]: the levels upsampled and summed."""
+        size = (self.resolution,) * 3
+        coarsest = self.sdf_levels[0].shape[-1]
+        return sum(_upsampled(level, size) * (SDF_UNIT * coarsest / level.shape[-1]) for level in self.sdf_levels)
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distance = _grid_sample(self.distance_grid(), points, self.bound)[..., 0]
+        # exp(log sigmoid): as primitives.PrimitiveBatch, the normal stays exact deep inside
+        density = self.max_density * torch.exp(F.logsigmoid(-distance / self.softness))
+        return density, torch.sigmoid(_grid_sample(self.albedo_raw, points, self.bound))
+
+    def total_variation(self) -> torch.Tensor:
+        """Plenoxels' TV of the albedo only: the distance's smoothness is the levels' and the eikonal term's job."""
+        return sum(self.albedo_raw.diff(dim=dim).pow(2).mean() for dim in (2, 3, 4))
+
+    def eikonal(self) -> torch.Tensor:
+        """mean (|∇d| − 1)² over the finest grid's interior, ∇d by central differences."""
+        d, cell = self.distance_grid()[0, 0], self._cell()
+        gradient = torch.stack([(d[_shifted(axis, 1)] - d[_shifted(axis, -1)]) / (2 * cell) for axis in range(3)], -1)
+        return (gradient.norm(dim=-1) - 1).pow(2).mean()
+
+    def curvature(self) -> torch.Tensor:
+        """mean |Δd| over the finest grid's interior (Neuralangelo's curvature loss, Li et al. 2023): bumps of
+        one cell, where SDS noise would put them, cost ~1/cell² more than a primitive's faces and edges."""
+        d, cell = self.distance_grid()[0, 0], self._cell()
+        centre = d[_shifted(0, 0)]
+        laplacian = sum(d[_shifted(axis, 1)] + d[_shifted(axis, -1)] - 2 * centre for axis in range(3)) / cell ** 2
+        return laplacian.abs().mean()
+
+    def _cell(self) -> float:
+        return 2 * self.bound / (self.resolution - 1)
+
+
+def _upsampled(grid: torch.Tensor, size: tuple) -> torch.Tensor:
+    return grid if grid.shape[-3:] == size else F.interpolate(grid, size=size, mode="trilinear", align_corners=True)
+
+
+def _shifted(axis: int, offset: int) -> tuple:
+    """The index of a grid's interior moved by ``offset`` cells along ``axis`` (finite differences)."""
+    index = [slice(1, -1)] * 3
+    index[axis] = slice(1 + offset, (-1 + offset) or None)
+    return tuple(index)
+
+
+def _grid_coordinates(resolution: int, bound: float) -> torch.Tensor:
+    """[R, R, R, 3] points of the grid over [−bound, bound]³, index [x, y, z]."""
+    axis = torch.linspace(-bound, bound, resolution)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)

@@ -5,7 +5,7 @@
     mldm evaluate run_dir=DIR [num_samples=N]
     mldm evaluate experiment=<preset> source=data [split=train|val|test|all]
     mldm evaluate samples_dir=OUT   (an `mldm sds` output: the mesh judge)
-    mldm sds      run_dir=DIR|pretrained=SD_DIR prompt="..."|prompts_file=FILE [out_dir=OUT] [steps=N] [field=voxel|mlp]
+    mldm sds      run_dir=DIR|pretrained=SD_DIR prompt="..."|prompts_file=FILE [out_dir=OUT] [steps=N] [field=voxel|mlp|sdf]
 
 A user error (config, data, checkpoint, option; ``shared.errors``) ends in one line naming the key, file
 or record, exit code 2; any other exception is a bug in mldm, reported in one line with exit code 1.
@@ -44,7 +44,7 @@ USAGE = {
                 "mldm evaluate experiment=<preset> source=data [split=train|val|test|all] [key=value ...]\n       "
                 "mldm evaluate samples_dir=OUT (an mldm sds output: the mesh judge)",
     "sds": "mldm sds run_dir=DIR|pretrained=SD_DIR prompt=\"...\"|prompts_file=FILE [out_dir=OUT] [steps=N] [seed=S] "
-           "[field=voxel|mlp] [sds.<setting>=V ...]",
+           "[field=voxel|mlp|sdf] [sds.<setting>=V ...]",
 }
 
 SUMMARY = {

@@ -32,6 +32,7 @@ class Split(str, Enum):
 class FieldKind(str, Enum):
     voxel = "voxel"
     mlp = "mlp"
+    sdf = "sdf"
 
 
 class DensityActivation(str, Enum):

@@ -7,7 +7,7 @@ from modalities.image.data import COLORS
 from modalities.text_to_3d.cameras import orbit_cameras
 from modalities.text_to_3d.data import PrimitiveViews
 from modalities.text_to_3d.distill import DistillSettings, distill
-from modalities.text_to_3d.fields import VoxelField
+from modalities.text_to_3d.fields import SDFVoxelField, VoxelField
 from modalities.text_to_3d.render import render
 from shared.diffusion.broadcast import append_dims
 from shared.diffusion.guidance import ClassifierFreeGuidance
@@ -58,10 +58,11 @@ def _mean_colour(field) -> torch.Tensor:
     return (out["rgb"] * out["opacity"]).sum((0, 2, 3)) / out["opacity"].sum()
 
 
-@pytest.mark.parametrize("colour", [0, 1, 2])
-def test_sds_moves_the_field_towards_the_prompted_colour(prior, colour):
+@pytest.mark.parametrize("colour,make_field", [(0, VoxelField), (1, VoxelField), (2, VoxelField),
+                                               (1, SDFVoxelField)])
+def test_sds_moves_the_field_towards_the_prompted_colour(prior, colour, make_field):
     settings = DistillSettings(steps=30, views=1, ambient_only_steps=30, guidance_scale=7.5, ray_samples=32, lr=0.05)
-    field = VoxelField(resolution=16)
+    field = make_field(resolution=16)
     before = _mean_colour(field)
     losses = distill(prior, field, f"a {COLORS[colour]} sphere", settings, seed=0)
     gain = _mean_colour(field) - before

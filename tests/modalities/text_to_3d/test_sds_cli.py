@@ -100,7 +100,7 @@ def test_prompts_file_one_prompt_per_line(prior_run, tmp_path, mldm_here):
     (["RUN"], "exactly one of prompt"),
     (["RUN", "prompt=a red box", "sds.nope=1"], "unknown key 'sds.nope'"),
     (["RUN", "prompt=a red box", "sds.lr=fast"], "sds.lr='fast': expected float"),
-    (["RUN", "prompt=a red box", "field=grid"], "field: expected one of voxel|mlp"),
+    (["RUN", "prompt=a red box", "field=grid"], "field: expected one of voxel|mlp|sdf"),
     (["RUN", "prompt=a red box", "mesh_method=poisson"], "mesh_method: expected one of hull|level"),
     (["RUN", "prompt=a red box", "density_activation=relu"], "density_activation: expected one of softplus|exp"),
 ])
