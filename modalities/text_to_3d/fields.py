@@ -1,12 +1,13 @@
 """3D fields for score distillation: density σ(x) ≥ 0 and albedo a(x) ∈ [0, 1]³ over [−bound, bound]³.
 
 The protocol the renderer and the exporter use: a module with ``bound`` whose ``forward(points [..., 3])``
-returns ``(density [...], albedo [..., 3])``. Three trainable fields: a voxel grid (the CPU default, as
-DVGO / Plenoxels; Magic3D's coarse stage is a grid too), a NeRF MLP on Fourier features (Mildenhall et
-al. 2020), and a signed-distance grid rendered as a solid (VolSDF's density; ``SDFVoxelField``). The first two start from threestudio's density blob, σ_raw += λ(1 − |x|/r): an empty scene gives SDS
-nothing to shade, a blob at the centre gives it a surface to carve. Density is softplus(σ_raw) (threestudio's
-default) or exp(σ_raw) (stable-dreamfusion's and torch-ngp's): under exp an optimizer step scales the density
-rather than shifting it, so dense and faint regions move at the same relative rate.
+returns ``(density [...], albedo [..., 3])``. Three trainable fields: a voxel grid (the CPU default, as DVGO /
+Plenoxels; Magic3D's coarse stage is a grid too), a NeRF MLP on Fourier features (Mildenhall et al. 2020), and
+a signed-distance grid rendered as a solid (``SDFVoxelField``, VolSDF's density). The first two start from
+threestudio's density blob, σ_raw += λ(1 − |x|/r): an empty scene gives SDS nothing to shade, a blob at the
+centre gives it a surface to carve. Density is softplus(σ_raw) (threestudio's default) or exp(σ_raw)
+(stable-dreamfusion's and torch-ngp's): under exp an optimizer step scales the density rather than shifting it, so
+dense and faint regions move at the same relative rate.
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ class MLPField(nn.Module):
         return density, torch.sigmoid(out[..., 1:])
 
 
-SDF_UNIT = 0.2   # grid values are sdf / SDF_UNIT: an Adam step of lr 0.05 moves the surface ~1/3 of a 64³ cell
+SDF_UNIT = 0.2   # coarsest grid values are d / SDF_UNIT: an Adam step of lr 0.05 moves its surface by ~0.01
 
 
 class SDFVoxelField(nn.Module):
@@ -149,12 +150,12 @@ class SDFVoxelField(nn.Module):
 
     d is the sum of grids at ``levels`` resolutions, each upsampled trilinearly to the finest (a dense
     Instant-NGP pyramid), a level of resolution r in units of SDF_UNIT·r₀/r (r₀ the coarsest): a step moves
-    the coarse cells most, so they reshape the whole solid (a box's corners, a torus's hole) while the fine ones
-    add detail; one fine grid alone random-walks into per-cell noise under SDS. It starts as a sphere of
+    the coarse cells most, so they reshape the whole solid (a box's corners, a torus's hole) while the fine
+    ones add detail; one fine grid alone random-walks into per-cell noise under SDS. It starts as a sphere of
     ``radius`` in the coarsest level (the density fields' blob). ``eikonal()`` keeps |∇d| = 1 (Gropp et al.
     2020), without which d could flatten to a plateau of near-zero distance, a haze again; ``curvature()``
-    smooths the speckle SDS leaves. The box is ±1.25: the spec's sphere has radius 1, and a field clipped at
-    ±1 turns it into a rounded cube."""
+    penalises the one-cell bumps SDS leaves (it does not remove them all: README). The box is ±1.25: the
+    spec's sphere has radius 1, and a field clipped at ±1 turns it into a rounded cube."""
 
     def __init__(self, resolution: int = 64, bound: float = 1.25, radius: float = 0.5, max_density: float = 200.0,
                  softness: float = 0.03, levels: tuple = (16, 32)):
@@ -198,8 +199,8 @@ class SDFVoxelField(nn.Module):
         return (gradient.norm(dim=-1) - 1).pow(2).mean()
 
     def curvature(self) -> torch.Tensor:
-        """mean |Δd| over the finest grid's interior (Neuralangelo's curvature loss, Li et al. 2023): bumps of
-        one cell, where SDS noise would put them, cost ~1/cell² more than a primitive's faces and edges."""
+        """mean |Δd| over the finest grid's interior (Neuralangelo's curvature loss, Li et al. 2023): a bump of
+        one cell costs ~1/cell² more than a primitive's faces and edges."""
         d, cell = self.distance_grid()[0, 0], self._cell()
         centre = d[_shifted(0, 0)]
         laplacian = sum(d[_shifted(axis, 1)] + d[_shifted(axis, -1)] - 2 * centre for axis in range(3)) / cell ** 2

@@ -91,6 +91,23 @@ def test_prompts_file_one_prompt_per_line(prior_run, tmp_path, mldm_here):
     assert all(r.get("mesh_method") == "hull" for r in records if r["file"] is not None)
 
 
+def test_sdf_field_end_to_end(prior_run, tmp_path, mldm_here):
+    """field=sdf through the CLI: distilled, meshed (its sphere has a surface from the first step), saved with
+    its pyramid, and the saved field rebuilds from its own metadata."""
+    out_dir = tmp_path / "out"
+    out = mldm_here("sds", f"run_dir={prior_run}", "prompt=a red sphere", f"out_dir={out_dir}", "field=sdf",
+                    "steps=2", "field_resolution=12", "mesh_resolution=24", "turntable_frames=1", "sds.ray_samples=16",
+                    "device=cpu")
+    assert out.returncode == 0, out.stderr[-4000:]
+    [record] = read_index(out_dir)
+    assert record["file"] == "000000.ply"
+    state, meta = load_field(out_dir / "000000_field.safetensors")
+    assert meta["field"]["kind"] == "sdf" and meta["field"]["args"]["resolution"] == 12
+    field = command.build_field(meta["field"])
+    field.load_state_dict(state)
+    assert [level.shape[-1] for level in field.sdf_levels] == [12]
+
+
 @pytest.mark.parametrize("args,message", [
     (["prompt=a red box"], "give exactly one prior: run_dir=RUN"),
     (["RUN", "pretrained=elsewhere", "prompt=a red box"], "give exactly one prior"),
