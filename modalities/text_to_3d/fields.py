@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalities.shape.mesh import grid_points
+
 
 def blob_bias(points: torch.Tensor, density: float, radius: float) -> torch.Tensor:
     """threestudio's 'blob_magic3d' density bias λ(1 − |x|/r)."""
@@ -72,8 +74,7 @@ class VoxelField(nn.Module):
             raise ValueError(f"field.resolution must be >= 2, got {resolution}")
         self.bound = float(bound)
         self.activation, self.inverse_activation = activation_pair(density_activation)
-        axis = torch.linspace(-bound, bound, resolution)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+        grid = grid_points(resolution, bound).reshape(resolution, resolution, resolution, 3)
         self.density_raw = nn.Parameter(blob_bias(grid, blob_density, blob_radius)[None, None])
         self.albedo_raw = nn.Parameter(torch.zeros(1, 3, resolution, resolution, resolution))
 
@@ -166,7 +167,7 @@ class SDFVoxelField(nn.Module):
         if not softness > 0:
             raise ValueError(f"the SDF field's softness must be > 0, got {softness}")
         self.bound, self.max_density, self.softness = float(bound), float(max_density), float(softness)
-        coarse = _grid_coordinates(sizes[0], bound).norm(dim=-1) - radius
+        coarse = grid_points(sizes[0], bound).reshape(*(sizes[0],) * 3, 3).norm(dim=-1) - radius
         self.sdf_levels = nn.ParameterList(
             [nn.Parameter((coarse / SDF_UNIT)[None, None])]
             + [nn.Parameter(torch.zeros(1, 1, r, r, r)) for r in sizes[1:]])
@@ -219,9 +220,3 @@ def _shifted(axis: int, offset: int) -> tuple:
     index = [slice(1, -1)] * 3
     index[axis] = slice(1 + offset, (-1 + offset) or None)
     return tuple(index)
-
-
-def _grid_coordinates(resolution: int, bound: float) -> torch.Tensor:
-    """[R, R, R, 3] points of the grid over [−bound, bound]³, index [x, y, z]."""
-    axis = torch.linspace(-bound, bound, resolution)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)

@@ -9,7 +9,8 @@ from modalities.text_to_3d.cameras import orbit_cameras
 from modalities.text_to_3d.command import build_field, field_spec
 from modalities.text_to_3d.distill import DistillSettings
 from modalities.text_to_3d.export import field_mesh
-from modalities.text_to_3d.fields import SDF_UNIT, SDFVoxelField, _grid_coordinates
+from modalities.shape.mesh import grid_points
+from modalities.text_to_3d.fields import SDF_UNIT, SDFVoxelField
 from modalities.text_to_3d.render import render
 from modalities.text_to_3d.sds_output import cut_mesh
 
@@ -34,7 +35,7 @@ def test_starts_as_a_sphere_with_volsdf_density():
 def test_eikonal_and_curvature_of_closed_forms():
     """A plane: |∇d| = 1, Δd = 0. A sphere: |∇d| = 1, Δd = 2/|x|. Twice a distance: (|∇(2d)| − 1)² = 1."""
     field = SDFVoxelField(resolution=32, levels=(), bound=1.0)
-    x = _grid_coordinates(32, 1.0)
+    x = grid_points(32, 1.0).reshape(32, 32, 32, 3)
     with torch.no_grad():
         field.sdf_levels[0].copy_((x @ torch.tensor([0.6, 0.0, 0.8]) - 0.1)[None, None] / SDF_UNIT)
     assert float(field.eikonal()) < 1e-8 and float(field.curvature()) < 1e-3
