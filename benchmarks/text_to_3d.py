@@ -1,6 +1,6 @@
 """Text-to-3D by score distillation, measured: seconds per step by part, and ablations on the same prompts and
 seeds, each judged from renders of the distilled field (8 views around it, the primitive_views judge) and from
-the meshes `mldm sds` exports with either mesh_method (the mesh judge of `mldm evaluate samples_dir=`).
+the meshes `mldm sds` exports with each mesh_method (the mesh judge of `mldm evaluate samples_dir=`).
 
     python benchmarks/text_to_3d.py --run PRIOR_RUN [--prompts 15|5] [--variant NAME:KEY=VALUE,KEY=VALUE ...]
 
@@ -25,11 +25,10 @@ from modalities.image.data import COLORS  # noqa: E402
 from modalities.shape.data import PRIMITIVE_KINDS  # noqa: E402
 from modalities.text_to_3d.cameras import light_directions, orbit_cameras, sample_cameras  # noqa: E402
 from modalities.text_to_3d.distill import DistillSettings, distill, load_prior  # noqa: E402
-from modalities.text_to_3d.fields import VoxelField  # noqa: E402
 from modalities.text_to_3d.command import build_field, distill_settings, field_spec  # noqa: E402
 from modalities.text_to_3d.mesh_judge import judge_meshes, score  # noqa: E402
 from modalities.text_to_3d.metrics import evaluate_views  # noqa: E402
-from modalities.text_to_3d.sds_output import cut_mesh  # noqa: E402
+from modalities.text_to_3d.sds_output import MESH_METHODS, cut_mesh  # noqa: E402
 from modalities.text_to_3d.render import render  # noqa: E402
 from shared.diffusion.score_distillation import sds_estimate  # noqa: E402
 
@@ -38,7 +37,7 @@ DEFAULT_VARIANTS = ["default:", "cfg_30:guidance_scale=30", "cfg_100:guidance_sc
                     "mlp_field:field=mlp", "latent_sds:space=latent"]
 
 
-FIELD_KEYS = ("field", "density_activation")   # variant keys for the field; the others are DistillSettings'
+FIELD_KEYS = ("field", "density_activation", "field_bound", "field_smoothing")   # the field's; the rest DistillSettings'
 
 
 def prompts(count: int) -> list[str]:
@@ -51,6 +50,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, _, body = text.partition(":")
     pairs = dict(item.split("=", 1) for item in body.split(",") if item)
     return name, pairs
+
+
+def field_keys(pairs: dict) -> dict:
+    """The field's `mldm sds` keys of a variant, defaults as configs/sds.yaml."""
+    defaults = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "sds.yaml")
+    return {key: yaml.safe_load(pairs[key]) if key in pairs else defaults[key] for key in FIELD_KEYS[1:]}
 
 
 def settings_of(pairs: dict) -> tuple[DistillSettings, str]:
@@ -67,7 +72,6 @@ def judge_field(field, prompt: str) -> dict:
     return evaluate_views(images, prompts=[prompt] * len(images))
 
 
-MESH_METHODS = ("level", "hull")
 
 
 def mesh_of(field, settings: DistillSettings, method: str):
@@ -83,7 +87,7 @@ def run_variant(prior, name: str, pairs: dict, prompt_list: list[str]) -> dict:
     rows, meshes = [], {method: [] for method in MESH_METHODS}
     for index, prompt in enumerate(prompt_list):
         field = build_field(field_spec(OmegaConf.create({"field": field_kind, "field_resolution": 64,
-                                                          "density_activation": pairs.get("density_activation", "softplus")})))
+                                                          **field_keys(pairs)})))
         start = time.perf_counter()
         distill(prior, field, prompt, settings, seed=index)
         seconds = time.perf_counter() - start
@@ -110,7 +114,8 @@ def run_variant(prior, name: str, pairs: dict, prompt_list: list[str]) -> dict:
 def part_timings(prior, steps: int = 40) -> dict:
     """Seconds per step of render (forward), encode, denoiser (guided x̂₀), decode and backward, for one
     32×32 view with Lambertian shading and the default voxel field, image-space SDS."""
-    settings, field = DistillSettings(), VoxelField(resolution=64)
+    settings = DistillSettings()
+    field = build_field(field_spec(OmegaConf.create({"field": "voxel", "field_resolution": 64, **field_keys({})})))
     generator = torch.Generator().manual_seed(0)
     totals = dict.fromkeys(("render", "encode", "denoiser", "decode", "backward"), 0.0)
     for _ in range(steps):
@@ -141,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="the prior: an image run (experiment=text3d_prior_tiny)")
     parser.add_argument("--prompts", type=int, choices=(5, 15), default=5)
-    parser.add_argument("--variant", action="append", help="NAME:KEY=VALUE,... (DistillSettings keys, field=mlp)")
+    parser.add_argument("--variant", action="append", help="NAME:KEY=VALUE,... (DistillSettings keys, or field, density_activation, field_bound, field_smoothing)")
     parser.add_argument("--out", default="outputs/text_to_3d/ablations.json")
     args = parser.parse_args()
     prior = load_prior(args.run, "cpu")

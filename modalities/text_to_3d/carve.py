@@ -28,15 +28,24 @@ def carving_cameras(distance: float, fov_y: float) -> Cameras:
 
 @torch.no_grad()
 def hull_occupancy(field, cameras: Cameras, resolution: int, pixels: int = 128, num_samples: int = 192,
-                   device="cpu") -> np.ndarray:
+                   device="cpu", level: float | None = None) -> np.ndarray:
     """min over the views that see it of the rendered opacity where a grid point projects (bilinear), on the
-    resolution³ grid over [−bound, bound]³, float32 [R, R, R] in [0, 1]; a point no view sees is 0."""
+    resolution³ grid over [−bound, bound]³, float32 [R, R, R] in [0, 1]; a point no view sees is 0.
+
+    With a density ``level``, each view's silhouette is binary: the pixels the render shows (opacity ≥ ½) and
+    those whose ray reaches the level set {σ ≥ level}. The level set adds the thin parts that opacity, a sum
+    along the ray, loses (a cone's apex); the opacity closes the pores of a hazy level set, which would
+    otherwise carve tunnels through the hull. The hull has no inside, so the sponge a haze's level set is
+    inside does not reach the mesh."""
     points = grid_points(resolution, float(field.bound)).to(device)
     occupancy = torch.ones(len(points), device=device)
     seen = torch.zeros(len(points), dtype=torch.bool, device=device)
     for index in range(len(cameras)):
         view = cameras[index:index + 1].to(device)
-        opacity = render(field, view, pixels, pixels, num_samples=num_samples, shading="albedo")["opacity"]
+        out = render(field, view, pixels, pixels, num_samples=num_samples, shading="albedo")
+        opacity = out["opacity"]
+        if level is not None:
+            opacity = ((opacity >= 0.5) | (out["max_density"] >= level)[:, None]).float()
         row, col, _, visible = project(view, points, pixels, pixels)
         where = torch.stack([(col + 0.5) / pixels * 2 - 1, (row + 0.5) / pixels * 2 - 1], -1)   # x, y in [−1, 1]
         sampled = torch.nn.functional.grid_sample(opacity, where[:, None], mode="bilinear", align_corners=False,

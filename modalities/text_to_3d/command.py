@@ -115,6 +115,10 @@ def field_spec(cfg: DictConfig) -> dict:
             if p.default is not inspect.Parameter.empty}
     if "resolution" in args:
         args["resolution"] = cfg.field_resolution
+    if "smoothing" in args and cfg.field_smoothing is not None:
+        args["smoothing"] = cfg.field_smoothing
+    if cfg.field_bound is not None:
+        args["bound"] = cfg.field_bound
     if "density_activation" in args:
         args["density_activation"] = cfg.density_activation
     return {"kind": cfg.field, "args": args}

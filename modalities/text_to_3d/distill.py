@@ -27,7 +27,7 @@ class DistillSettings:
     """Everything one distillation run reads (``configs/sds.yaml`` mirrors it)."""
 
     steps: int = 600
-    views: int = 4                     # cameras per step (4: less SDS variance, solid rather than hazy shapes)
+    views: int = 1                     # cameras per step (the smoothed grid meshes as well with 1 as with 4)
     lr: float = 0.05
     size: int | None = None            # render size; None: the prior's (its image size, SD: 64, resized up)
     ray_samples: int = 48
@@ -37,7 +37,7 @@ class DistillSettings:
     grad_clip: float | None = None     # clamp each element of the SDS gradient to [−c, c] (threestudio's grad_clip)
     t_min: float = 0.02
     t_max: float = 0.98
-    anneal: str = "sqrt"
+    anneal: str = "none"               # t's top kept high: SDS shapes the whole solid, not its texture
     t_end: float = 0.4
     ambient_only_steps: int = 100      # albedo renders first: colour before shading asks for geometry
     textureless_prob: float = 0.3      # after the warm-up: textureless, else Lambertian

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import scipy.ndimage
 import torch
 import trimesh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -84,9 +85,12 @@ def _iou_per_level(peak: np.ndarray, opaque: np.ndarray) -> tuple[np.ndarray, np
 
 def field_mesh(field: torch.nn.Module, level: float, resolution: int = 96, device="cpu",
                min_component_fraction: float = 0.05) -> trimesh.Trimesh:
-    """The surface {density = level} of ``field`` over [-field.bound, field.bound]³ by marching cubes, without
-    the specks of haze smaller than ``min_component_fraction`` of the largest part's area, with the field's
-    albedo at each vertex as uint8 RGBA vertex colours. No surface at that level: ValueError."""
+    """The outer surface {density = level} of ``field`` over [-field.bound, field.bound]³ by marching cubes,
+    without the specks of haze smaller than ``min_component_fraction`` of the largest part's area, with the
+    field's albedo at each vertex as uint8 RGBA vertex colours. No surface at that level: ValueError.
+
+    Cavities are filled first: a hollow no ray from outside can reach is not part of what any render shows,
+    and a distilled solid is often a shell (SDS only sees its outside), whose inner wall would double the mesh."""
     if not (math.isfinite(level) and level > 0):
         raise ValueError(f"the density level must be a positive number, got {level}")
     # level - density is negative inside, the sign convention mesh_from_grid expects
@@ -94,18 +98,28 @@ def field_mesh(field: torch.nn.Module, level: float, resolution: int = 96, devic
     if values.min() >= 0:
         raise ValueError(f"no surface at density level {level:g}: the field's densest grid point has density "
                          f"{float(level - values.min()):g} (choose a lower level, or a finer resolution than {resolution})")
-    return _colored_surface(field, values, min_component_fraction, device)
+    return _colored_surface(field, filled_cavities(values), min_component_fraction, device)
+
+
+def filled_cavities(values: np.ndarray) -> np.ndarray:
+    """A grid (negative inside) whose enclosed outside regions are made inside: the same sign change where the
+    outside is connected to the box wall, none around a hollow. The filled cells keep their magnitude."""
+    inside = values < 0
+    cavity = scipy.ndimage.binary_fill_holes(inside) & ~inside
+    return np.where(cavity, -np.abs(values) - 1e-6, values)
 
 
 def hull_mesh(field: torch.nn.Module, cameras: Cameras, resolution: int = 96, device="cpu",
-              min_component_fraction: float = 0.05, pixels: int = 128, num_samples: int = 192) -> trimesh.Trimesh:
+              min_component_fraction: float = 0.05, pixels: int = 128, num_samples: int = 192,
+              level: float | None = None) -> trimesh.Trimesh:
     """The surface where the soft visual hull of ``cameras``' renders (``pixels``², ``num_samples`` per ray) is ½
-    (``carve.hull_occupancy``): what the renders show, however hazy the density. Vertex colours and speck
-    removal as ``field_mesh``."""
-    occupancy = hull_occupancy(field, cameras, resolution, pixels, num_samples, device)
+    (``carve.hull_occupancy``): what the renders show, however hazy the density; with a density ``level``, the
+    hull of what they show or the level set {σ ≥ level} reaches. Vertex colours and speck removal as
+    ``field_mesh``."""
+    occupancy = hull_occupancy(field, cameras, resolution, pixels, num_samples, device, level)
     if occupancy.max() < 0.5:
-        raise ValueError("no point is seen at opacity >= 0.5 from every view: the field is empty, there is no "
-                         "surface to mesh")
+        seen = "at opacity >= 0.5" if level is None else f"at opacity >= 0.5 or density >= {level:g}"
+        raise ValueError(f"no point is seen {seen} from every view: the field is empty, there is no surface to mesh")
     return _colored_surface(field, 0.5 - occupancy, min_component_fraction, device)
 
 

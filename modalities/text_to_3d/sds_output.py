@@ -1,9 +1,10 @@
 """What ``mldm sds`` leaves per prompt, and the sample directory it goes into.
 
-Per prompt (stem ``000000``, ...): ``<stem>.ply/.obj/.glb`` (the coloured mesh: the soft visual hull of the
-renders, ``export.hull_mesh``, or the density level whose silhouette matches them, ``export.choose_level``),
-``<stem>_turntable.gif/.mp4`` (Lambertian), ``<stem>_field.safetensors`` and ``<stem>_loss.png``; one line in samples.jsonl (``file``: the PLY, or null
-when the field held no surface, then ``mesh_error`` says why). ``sds.json`` marks the directory as an
+Per prompt (stem ``000000``, ...): ``<stem>.ply/.obj/.glb`` (the coloured mesh: the density level whose
+silhouette matches the renders, ``export.choose_level``, that level set's visual hull, or the soft visual hull
+of the renders, ``export.hull_mesh``), ``<stem>_turntable.gif/.mp4`` (Lambertian), ``<stem>_field.safetensors``
+and ``<stem>_loss.png``; one line in samples.jsonl (``file``: the PLY, or null when the field held no surface,
+then ``mesh_error`` says why). ``sds.json`` marks the directory as an
 ``mldm sds`` output (``mldm evaluate samples_dir=`` then uses the mesh judge) and records the run's settings.
 
 The directory goes through the one sample-directory writer (``shared.io.sample_dir``): rewritten whole after
@@ -44,18 +45,25 @@ def artefacts(record: dict) -> list[str]:
     return mesh + [f"{stem}_turntable.gif", f"{stem}_turntable.mp4", f"{stem}_field.safetensors", f"{stem}_loss.png"]
 
 
+MESH_METHODS = ("level", "level_hull", "hull")
+
+
 @torch.no_grad()
-def cut_mesh(field, settings: DistillSettings, resolution: int, device, method: str = "level"):
-    """(the coloured mesh, its density level or None). ``hull``: the soft visual hull of ``carve``'s 40 views
-    (``export.hull_mesh``); ``level``: the density level chosen from 8 fixed views' opacity and ray maxima."""
+def cut_mesh(field, settings: DistillSettings, resolution: int, device, method: str = "level_hull"):
+    """(the coloured mesh, its density level or None). ``level``: the iso-surface at the density level chosen
+    from 8 fixed views' opacity and ray maxima (``export.field_mesh``); ``level_hull``: the visual hull of that
+    level set from ``carve``'s 40 views; ``hull``: the soft visual hull of their rendered opacity."""
+    if method not in MESH_METHODS:
+        raise ValueError(f"mesh_method must be one of {', '.join(MESH_METHODS)}, got {method!r}")
+    carve = dict(pixels=max(32, resolution), num_samples=2 * settings.ray_samples)
+    carving = carving_cameras(settings.distance, settings.fov_y)
     if method == "hull":
-        return hull_mesh(field, carving_cameras(settings.distance, settings.fov_y), resolution, device,
-                         pixels=max(32, resolution), num_samples=2 * settings.ray_samples), None
-    if method != "level":
-        raise ValueError(f"mesh_method must be hull or level, got {method!r}")
+        return hull_mesh(field, carving, resolution, device, **carve), None
     views = orbit_cameras(MESH_VIEW_AZIMUTHS, MESH_VIEW_ELEVATIONS, settings.distance, settings.fov_y)
     out = render(field, views.to(device), RENDER_PX, RENDER_PX, num_samples=2 * settings.ray_samples, shading="albedo")
     level = choose_level(out["max_density"], out["opacity"][:, 0])
+    if method == "level_hull":
+        return hull_mesh(field, carving, resolution, device, level=level, **carve), level
     return field_mesh(field, level, resolution, device), level
 
 
@@ -70,7 +78,7 @@ def lambertian_renderer(field, settings: DistillSettings, device):
 
 
 def export_prompt(work_dir: Path, stem: str, field, losses: list[float], meta: dict, settings: DistillSettings,
-                  mesh_resolution: int, turntable_frames: int, device, mesh_method: str = "level") -> dict:
+                  mesh_resolution: int, turntable_frames: int, device, mesh_method: str = "level_hull") -> dict:
     """Write one prompt's files into ``work_dir``; returns its index record (without ``file``)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     record = {"stem": stem, "prompt": meta["prompt"], "seed": meta["seed"], "steps": meta["step"]}

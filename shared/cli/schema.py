@@ -43,6 +43,7 @@ class DensityActivation(str, Enum):
 class MeshMethod(str, Enum):
     hull = "hull"
     level = "level"
+    level_hull = "level_hull"
 
 
 class Precision(str, Enum):
@@ -151,6 +152,8 @@ class SdsKeys:
     seed: int = at_least(0)
     field: FieldKind = MISSING
     field_resolution: int = at_least(2)
+    field_bound: Optional[float] = positive()
+    field_smoothing: Optional[float] = _ranged(lambda v: v >= 0 and math.isfinite(v), ">= 0 and finite")
     density_activation: DensityActivation = MISSING
     mesh_resolution: int = at_least(8)
     mesh_method: MeshMethod = MISSING

@@ -119,3 +119,36 @@ def test_exp_voxel_values_round_trip_and_unknown_activation():
     assert torch.allclose(field(points)[0], density.reshape(-1), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="density_activation must be one of"):
         VoxelField(resolution=4, density_activation="relu")
+
+
+class BallWithAntenna(torch.nn.Module):
+    """A dense ball of radius 0.5 and a faint thin rod up the z axis to 0.9 (radius 0.06, density 5): the rod's
+    opacity across it is about 1 − exp(−0.6) < ½, so renders barely show it, while its level set {σ ≥ 2} holds it."""
+
+    bound = 1.0
+
+    def forward(self, points):
+        ball = Ball(0.5, 200.0)(points)[0]
+        rod = 5 * torch.sigmoid((0.06 - points[..., :2].norm(dim=-1)) / 0.01) * torch.sigmoid((0.9 - points[..., 2]) / 0.01)
+        return ball + rod, torch.tensor([0.1, 0.2, 0.9]).expand(*points.shape[:-1], 3)
+
+
+def test_level_hull_keeps_what_the_level_set_holds_and_drops_its_inside():
+    cameras = carving_cameras(3.0, 45.0)
+    soft = hull_mesh(BallWithAntenna(), cameras, resolution=64, pixels=96, num_samples=128)
+    level = hull_mesh(BallWithAntenna(), cameras, resolution=64, pixels=96, num_samples=128, level=2.0)
+    assert soft.vertices[:, 2].max() < 0.6 and level.vertices[:, 2].max() > 0.85     # the thin rod survives
+    shell = hull_mesh(HollowBall(), cameras, resolution=64, pixels=96, num_samples=128, level=25.0)
+    assert shell.is_watertight and len(shell.split(only_watertight=False)) == 1
+    assert np.linalg.norm(shell.vertices, axis=1).min() > 0.58                      # no inner wall at 0.4
+    with pytest.raises(ValueError, match="at opacity >= 0.5 or density >= 300"):
+        hull_mesh(Ball(0.6, 0.0), cameras, resolution=16, pixels=16, num_samples=16, level=300.0)
+
+
+class HollowBall(torch.nn.Module):
+    """Density 200 for 0.4 < |x| < 0.6, none inside: a shell."""
+
+    bound = 1.0
+
+    def forward(self, points):
+        return Ball(0.6, 200.0)(points)[0] - Ball(0.4, 200.0)(points)[0], torch.full((*points.shape[:-1], 3), 0.5)

@@ -1,12 +1,14 @@
 """Cameras, fields and the volume renderer against closed forms: a sphere's silhouette, colour and normals."""
 import math
 
+import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 from torch import nn
 
 from modalities.text_to_3d.cameras import camera_rays, look_at, orbit_cameras, turn, view_suffix
-from modalities.text_to_3d.fields import MLPField, VoxelField
+from modalities.text_to_3d.fields import MLPField, VoxelField, gaussian_blur
 from modalities.text_to_3d.render import _field_with_normals, render
 
 RADIUS, ALBEDO = 0.6, (0.8, 0.3, 0.1)
@@ -119,7 +121,7 @@ def test_gradients_reach_the_voxel_grid(shading):
 
 def test_shading_gradient_reaches_density_through_the_normals():
     """Textureless renders of an opaque blob depend on the density only through n = −∇σ/|∇σ|."""
-    field = VoxelField(resolution=16, blob_density=40.0)
+    field = VoxelField(resolution=16, blob_density=40.0, smoothing=0.0)
     out = render(field, _cameras(), 16, 16, num_samples=32, shading="textureless")
     covered = out["opacity"] > 0.999
     (out["rgb"] * covered).sum().backward()
@@ -155,3 +157,27 @@ def test_rays_that_miss_the_box_are_background():
     assert float(out["opacity"][0, 0, 0, 0]) == 0.0
     assert torch.allclose(out["rgb"][0, :, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
     assert float(out["max_density"][0, 8, 8]) > 150 and float(out["max_density"][0, 0, 0]) == 0.0
+
+
+def test_gaussian_blur_matches_scipy():
+    grid = torch.randn(1, 2, 9, 10, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = [scipy.ndimage.gaussian_filter(channel.numpy(), 1.3, mode="nearest", truncate=3.0) for channel in grid[0]]
+    assert np.allclose(gaussian_blur(grid, 1.3)[0].numpy(), np.stack(expected), atol=1e-12)
+    assert torch.equal(gaussian_blur(grid, 0.0), grid)
+    assert torch.allclose(gaussian_blur(torch.full((1, 1, 6, 6, 6), 2.5), 2.0), torch.tensor(2.5))
+
+
+def test_a_smoothed_voxel_field_is_the_blur_of_its_parameters():
+    """field.smoothing = σ (world units; 1.5 cells here): the density at the grid points is the activation of the
+    blurred raw grid, so one parameter moves a Gaussian footprint, never a single cell."""
+    field = VoxelField(resolution=12, bound=1.1, blob_density=0.0, smoothing=0.3)
+    with torch.no_grad():
+        field.density_raw.copy_(torch.randn(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(1)))
+    axis = torch.linspace(-1.1, 1.1, 12)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    blurred = scipy.ndimage.gaussian_filter(field.density_raw.detach()[0, 0].double().numpy(), 1.5, mode="nearest",
+                                            truncate=3.0)
+    density = field(points)[0]
+    assert np.allclose(density.detach().numpy(), np.log1p(np.exp(blurred)).reshape(-1), atol=1e-5)
+    density[6 * 144 + 6 * 12 + 6].backward()                       # one grid point's density
+    assert int((field.density_raw.grad[0, 0, :, 6, 6].abs() > 1e-6).sum()) >= 7

@@ -82,14 +82,18 @@ def test_renders_a_solid_and_exports_its_zero_level_set():
 
 
 def test_the_cli_builds_it_from_the_config():
-    cfg = OmegaConf.create({"field": "sdf", "field_resolution": 12, "density_activation": "softplus"})
+    cfg = OmegaConf.create({"field": "sdf", "field_resolution": 12, "density_activation": "softplus",
+                            "field_bound": None, "field_smoothing": 0.1})
     spec = field_spec(cfg)
     assert spec["kind"] == "sdf" and spec["args"]["resolution"] == 12 and "density_activation" not in spec["args"]
     field = build_field(spec)
     assert isinstance(field, SDFVoxelField) and field.resolution == 12
+    assert field.bound == 1.25 and field.smoothing == 0.1                   # null bound: the field's own
+    cfg.field_bound = 2.0
+    assert build_field(field_spec(cfg)).bound == 2.0
 
 
-@pytest.mark.parametrize("bad", [{"resolution": 2}, {"softness": 0.0}])
+@pytest.mark.parametrize("bad", [{"resolution": 2}, {"softness": 0.0}, {"smoothing": -1.0}])
 def test_bad_arguments_are_named(bad):
-    with pytest.raises(ValueError, match="resolution|softness"):
+    with pytest.raises(ValueError, match="resolution|softness|smoothing"):
         SDFVoxelField(**bad)

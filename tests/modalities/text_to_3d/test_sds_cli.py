@@ -54,8 +54,9 @@ def test_sds_writes_mesh_turntable_field_loss_and_index(sds_out, prior_run):
     assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
     state, meta = load_field(sds_out / "000000_field.safetensors")
     assert meta["prompt"] == "a red torus" and meta["seed"] == 0 and meta["step"] == 3
-    assert meta["field"] == {"kind": "voxel", "args": {"resolution": 16, "bound": 1.0, "blob_density": 10.0,
-                                                       "blob_radius": 0.5, "density_activation": "softplus"}}
+    assert meta["field"] == {"kind": "voxel", "args": {"resolution": 16, "bound": 1.25, "blob_density": 10.0,
+                                                       "blob_radius": 0.5, "density_activation": "softplus",
+                                                       "smoothing": 0.08}}
     assert meta["settings"]["steps"] == 3 and state["density_raw"].shape[-1] == 16
     assert not list(sds_out.parent.glob(".*sds_state")), "the resume state outlived the finished run"
 
@@ -118,8 +119,10 @@ def test_sdf_field_end_to_end(prior_run, tmp_path, mldm_here):
     (["RUN", "prompt=a red box", "sds.nope=1"], "unknown key 'sds.nope'"),
     (["RUN", "prompt=a red box", "sds.lr=fast"], "sds.lr='fast': expected float"),
     (["RUN", "prompt=a red box", "field=grid"], "field: expected one of voxel|mlp|sdf"),
-    (["RUN", "prompt=a red box", "mesh_method=poisson"], "mesh_method: expected one of hull|level"),
+    (["RUN", "prompt=a red box", "mesh_method=poisson"], "mesh_method: expected one of hull|level|level_hull"),
     (["RUN", "prompt=a red box", "density_activation=relu"], "density_activation: expected one of softplus|exp"),
+    (["RUN", "prompt=a red box", "field_smoothing=-1"], "field_smoothing=-1.0: must be >= 0"),
+    (["RUN", "prompt=a red box", "field_bound=0"], "field_bound=0.0: must be > 0"),
 ])
 def test_errors_are_one_clear_line(prior_run, tmp_path, mldm_here, args, message):
     args = [f"run_dir={prior_run}" if a == "RUN" else a for a in args]
@@ -179,6 +182,7 @@ def test_the_yaml_sds_node_mirrors_distill_settings():
 
 
 @pytest.mark.parametrize("method,message", [("level", "no pixel has opacity >= 0.5"),
+                                            ("level_hull", "no pixel has opacity >= 0.5"),
                                             ("hull", "no point is seen at opacity >= 0.5")])
 def test_a_field_without_surface_is_recorded_without_a_mesh(tmp_path, method, message):
     empty = VoxelField.from_values(torch.zeros(8, 8, 8), torch.tensor([0.8, 0.1, 0.1]))

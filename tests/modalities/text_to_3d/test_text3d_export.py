@@ -231,3 +231,21 @@ def test_field_mesh_drops_specks_of_haze():
     everything = field_mesh(SphereWithSpecks(), level=25.0, resolution=64, min_component_fraction=0.0)
     assert len(everything.split(only_watertight=False)) == 3 and len(kept.split(only_watertight=False)) == 1
     assert np.linalg.norm(kept.vertices, axis=1).max() < 0.65 and len(kept.visual.vertex_colors) == len(kept.vertices)
+
+
+class HollowBall(torch.nn.Module):
+    """A soft ball of radius 0.6 with a hollow of radius 0.4 inside: a shell, as SDS often leaves a solid."""
+
+    bound = 1.0
+
+    def forward(self, points):
+        outer, hollow = SoftSphere(0.6)(points)[0], SoftSphere(0.4)(points)[0]
+        return outer - hollow, torch.tensor(ALBEDO).expand(len(points), 3)
+
+
+def test_field_mesh_is_the_outer_surface_of_a_shell():
+    mesh = field_mesh(HollowBall(), level=25.0, resolution=64)
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+    assert radii.min() > 0.55 and abs(radii.mean() - 0.6) < 0.01           # no inner wall at r = 0.4
+    assert abs(mesh.volume - 4 / 3 * math.pi * 0.6 ** 3) < 0.03 * mesh.volume
