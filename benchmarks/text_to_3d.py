@@ -72,8 +72,6 @@ def judge_field(field, prompt: str) -> dict:
     return evaluate_views(images, prompts=[prompt] * len(images))
 
 
-
-
 def mesh_of(field, settings: DistillSettings, method: str):
     """The mesh `mldm sds mesh_method=METHOD` would export (96³ marching cubes), or None without a surface."""
     try:

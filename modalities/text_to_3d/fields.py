@@ -63,7 +63,7 @@ def _grid_sample(grid: torch.Tensor, points: torch.Tensor, bound: float) -> torc
 
 
 def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
-    """[1, C, R, R, R] filtered by a Gaussian of ``sigma`` cells per axis (separable, edges replicated); as is
+    """[1, C, R, R, R] filtered by a Gaussian of ``sigma`` cells per axis (separable, edges replicated); unchanged
     for sigma 0. A field whose values are a blur of its parameters has no per-cell freedom: SDS renders at the
     prior's resolution cannot see a one-cell speck, so nothing stops it from filling the grid with them."""
     if sigma <= 0:
@@ -185,7 +185,8 @@ class SDFVoxelField(nn.Module):
     ones add detail; one fine grid alone random-walks into per-cell noise under SDS. It starts as a sphere of
     ``radius`` in the coarsest level (the density fields' blob). ``eikonal()`` keeps |∇d| = 1 (Gropp et al.
     2020), without which d could flatten to a plateau of near-zero distance, a haze again; ``curvature()``
-    penalises the one-cell bumps SDS leaves (it does not remove them all: README). The box is ±1.25: the
+    penalises the one-cell bumps SDS leaves (it does not remove them all: README). ``smoothing`` (world units,
+    default off: not yet measured here) blurs the summed d as the voxel field's density. The box is ±1.25: the
     spec's sphere has radius 1, and a field clipped at ±1 turns it into a rounded cube."""
 
     def __init__(self, resolution: int = 64, bound: float = 1.25, radius: float = 0.5, max_density: float = 200.0,
