@@ -25,7 +25,8 @@ from shared.cli.commands import writing_to
 from shared.errors import ConfigError
 from shared.training.run import resolve_device
 
-from .distill import DistillSettings, distill, load_prior, make_optimizer
+from .distill import (DISTILLATIONS, DistillSettings, distill, load_prior, make_optimizer, make_particle,
+                      trained_modules)
 from .fields import MLPField, SDFVoxelField, VoxelField
 from .mesh_judge import MARKER_FILE
 from .sds_checkpoint import canonical, load_checkpoint, save_checkpoint
@@ -105,6 +106,8 @@ def distill_settings(node, steps: int | None = None) -> DistillSettings:
     for name in ("steps", "size"):
         if chosen.get(name) is not None and chosen[name] < 1:
             raise ConfigError(f"sds.{name}={chosen[name]}: must be >= 1")
+    if chosen.get("distillation", "sds") not in DISTILLATIONS:
+        raise ConfigError(f"sds.distillation={chosen['distillation']!r}: expected one of {'|'.join(DISTILLATIONS)}")
     return DistillSettings(**chosen)
 
 
@@ -160,11 +163,13 @@ def distill_prompt(prior, prompt: str, seed: int, settings: DistillSettings, spe
     field = build_field(spec).to(device)
     torch.manual_seed(seed)                        # anything drawing from torch's global stream: reproducible too
     generator = torch.Generator().manual_seed(seed)
-    optimizer = make_optimizer(field, settings)
+    particle = make_particle(prior, settings)
+    trained = trained_modules(field, particle)     # VSD's copy of the prior is checkpointed with the field
+    optimizer = make_optimizer(field, settings, particle)
     start, losses = 0, []
     checkpoint = load_checkpoint(state_file, identity)
     if checkpoint is not None:
-        checkpoint.restore(field, optimizer, generator)
+        checkpoint.restore(trained, optimizer, generator)
         start, losses = checkpoint.next_step, list(checkpoint.losses)
         print(f"mldm sds: {label}: resuming from step {start} ({state_file})", file=sys.stderr)
     bar = tqdm(total=settings.steps, initial=start, desc=label, unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -175,11 +180,11 @@ def distill_prompt(prior, prompt: str, seed: int, settings: DistillSettings, spe
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         done = step + 1
         if checkpoint_every and done % checkpoint_every == 0 and done < settings.steps:
-            save_checkpoint(state_file, field, optimizer, generator, done, losses, identity)
+            save_checkpoint(state_file, trained, optimizer, generator, done, losses, identity)
 
     try:   # distill draws every random number from the generator we hand it: its state is the run's
         distill(prior, field, prompt, settings, seed=seed, on_step=on_step, start_step=start, optimizer=optimizer,
-                generator=generator)
+                generator=generator, particle=particle)
     finally:
         bar.close()
     return field, losses
@@ -189,6 +194,9 @@ def sds(cfg: DictConfig) -> int:
     prompts = read_prompts(cfg)
     settings = distill_settings(cfg.sds, cfg.steps)
     kind, prior_path = prior_source(cfg)
+    if kind == "pretrained" and settings.distillation == "vsd":
+        raise ConfigError("sds.distillation=vsd needs an mldm prior (run_dir=RUN): a copy of a Stable Diffusion "
+                          "UNet is too large for it here, and its LoRA is not built")
     default_parent = prior_path / "sds" if kind == "run_dir" else Path("outputs") / "sds"
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_parent / time.strftime("cli-%Y%m%d-%H%M%S")
     state_dir = out_dir.absolute().parent / f".{out_dir.name}.sds_state"

@@ -2,6 +2,8 @@
 frozen encoder, noised, and the guided denoiser's error pushed back into the field (score distillation,
 ``shared.diffusion.score_distillation``). The loop follows threestudio's DreamFusion system: view-dependent
 prompts, an albedo-only warm-up, then random Lambertian / textureless shading under a light near the camera.
+With ``distillation=vsd`` the error is taken against a camera-conditioned copy of the prior that learns the
+renders as it goes (ProlificDreamer, ``vsd``) instead of against the injected noise.
 """
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from modalities.image.pipeline import ImagePipeline, encode_prompts, null_condition
 from shared.cli.config import build_config
 from shared.diffusion.guidance import ClassifierFreeGuidance
 from shared.diffusion.score_distillation import (
-    TimeAnnealing, safe_gradient, sds_estimate, sds_gradient, sds_loss, x0_weight)
+    TimeAnnealing, safe_gradient, sds_estimate, sds_gradient, sds_loss, vsd_gradient, x0_weight)
+from shared.errors import ConfigError
 
 from .cameras import light_directions, sample_cameras, view_suffix
 from .render import render
+from .vsd import ParticleScore
+
+DISTILLATIONS = ("sds", "vsd")
 
 
 @dataclass
@@ -27,13 +34,16 @@ class DistillSettings:
     """Everything one distillation run reads (``configs/sds.yaml`` mirrors it)."""
 
     steps: int = 600
+    distillation: str = "sds"          # sds (DreamFusion) | vsd (ProlificDreamer: ε̂ minus the renders' own score)
+    vsd_lr: float = 1.0e-4             # Adam's learning rate on VSD's copy of the prior (and its camera MLP)
     views: int = 1                     # cameras per step (the smoothed grid meshes as well with 1 as with 4)
     lr: float = 0.05
     size: int | None = None            # render size; None: the prior's (its image size, SD: 64, resized up)
     ray_samples: int = 48
-    guidance_scale: float | None = None  # None: the prior's own (an mldm run 7.5, Stable Diffusion 100)
+    guidance_scale: float | None = None  # None: the prior's own for SDS (an mldm run 7.5, Stable Diffusion 100);
+                                         # for VSD the run's sampling scale (ProlificDreamer: VSD guides as sampling)
     space: str = "image"               # image: pull the render towards the decoded x̂₀ (HiFA); latent: DreamFusion's
-    weighting: str = "sds"
+    weighting: str = "fantasia3d"      # w(t) = √ᾱ(1 − ᾱ) (Fantasia3D): the best meshes of the 15-prompt ablations
     grad_clip: float | None = None     # clamp each element of the SDS gradient to [−c, c] (threestudio's grad_clip)
     t_min: float = 0.02
     t_max: float = 0.98
@@ -59,12 +69,13 @@ class ImagePrior:
     image run's pipeline (its autoencoder, text encoder and EMA denoiser). ``StableDiffusionPrior`` is the
     same interface over a local Stable Diffusion folder."""
 
-    default_guidance_scale = 7.5       # our small prior's extrapolation leaves its data above ~10 (README)
+    default_guidance_scale = 7.5       # SDS's; our small prior's extrapolation leaves its data above ~10 (README)
 
     def __init__(self, pipeline):
         self.first_stage, self.denoiser, self.conditioner = pipeline.first_stage, pipeline.denoiser, pipeline.conditioner
         self.device = pipeline.device
         self.image_size = self.render_size = int(pipeline.cfg.data.size)
+        self.sampling_guidance_scale = float(OmegaConf.select(pipeline.cfg, "guidance.scale", default=1.0))
         for module in (self.first_stage, self.denoiser, self.conditioner):
             if module is not None:
                 module.requires_grad_(False)
@@ -84,22 +95,59 @@ class ImagePrior:
         return ClassifierFreeGuidance(self.denoiser, scale, uncond), cond
 
 
-def make_optimizer(field: torch.nn.Module, settings: DistillSettings) -> torch.optim.Adam:
-    return torch.optim.Adam(field.parameters(), lr=settings.lr, betas=(0.9, 0.99), eps=1e-15)
+def guidance_scale(prior, settings: DistillSettings) -> float:
+    """``sds.guidance_scale``, or by default the prior's SDS scale (SDS needs strong guidance, DreamFusion) or,
+    for VSD, the scale the prior samples with (ProlificDreamer: 7.5 for Stable Diffusion, its sampling scale)."""
+    if settings.guidance_scale is not None:
+        return settings.guidance_scale
+    if settings.distillation == "vsd":
+        return prior.sampling_guidance_scale
+    return prior.default_guidance_scale
+
+
+def make_particle(prior, settings: DistillSettings) -> ParticleScore | None:
+    """VSD's trainable copy of the prior (None for SDS). Needs an mldm prior: a Stable Diffusion UNet is too
+    large to copy on a CPU, and its LoRA (ProlificDreamer's) is not built here."""
+    if settings.distillation not in DISTILLATIONS:
+        raise ConfigError(f"sds.distillation must be one of {DISTILLATIONS}, got {settings.distillation!r}")
+    if settings.distillation == "sds":
+        return None
+    if not isinstance(prior, ImagePrior) or prior.conditioner is None:
+        raise ConfigError("sds.distillation=vsd needs a text-conditioned mldm prior (run_dir=RUN); a Stable "
+                          "Diffusion folder (pretrained=) supports sds only")
+    return ParticleScore(prior.denoiser, prior.conditioner.dim).to(prior.device)
+
+
+def trained_modules(field: torch.nn.Module, particle: ParticleScore | None) -> torch.nn.Module:
+    """What a distillation step updates, as one module (its state is what a checkpoint keeps)."""
+    return field if particle is None else torch.nn.ModuleDict({"field": field, "particle": particle})
+
+
+def make_optimizer(field: torch.nn.Module, settings: DistillSettings,
+                   particle: ParticleScore | None = None) -> torch.optim.Adam:
+    groups = [{"params": list(field.parameters()), "lr": settings.lr}]
+    if particle is not None:
+        groups.append({"params": list(particle.parameters()), "lr": settings.vsd_lr})
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
 def distill(prior: ImagePrior, field: torch.nn.Module, prompt: str, settings: DistillSettings, seed: int = 0,
             on_step: Callable[[int, float], None] | None = None, start_step: int = 0,
-            optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> list[float]:
+            optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
+            particle: ParticleScore | None = None) -> list[float]:
     """Optimise ``field`` in place for ``prompt`` from ``start_step`` to ``settings.steps``; returns the SDS
-    surrogate losses of those steps. Every draw comes from ``generator`` (default: seeded with ``seed``), so a
-    run resumed with the field, optimizer and generator state saved after a step continues bit for bit.
+    surrogate losses of those steps; VSD needs ``particle`` (``make_particle``), trained alongside. Every draw
+    comes from ``generator`` (default: seeded with ``seed``), so a run resumed with the field (and particle),
+    optimizer and generator state saved after a step continues bit for bit.
     ``on_step(step, loss)`` runs after each optimizer step."""
+    if (settings.distillation == "vsd") != (particle is not None):
+        raise ValueError(f"sds.distillation={settings.distillation!r} with{'' if particle is None else 'out'} a "
+                         f"particle score: VSD trains one (make_particle), SDS has none")
     generator = torch.Generator().manual_seed(seed) if generator is None else generator
-    optimizer = make_optimizer(field, settings) if optimizer is None else optimizer
+    optimizer = make_optimizer(field, settings, particle) if optimizer is None else optimizer
     times = TimeAnnealing(settings.t_min, settings.t_max, settings.anneal, settings.t_end)
     size = settings.size or prior.render_size
-    scale = prior.default_guidance_scale if settings.guidance_scale is None else settings.guidance_scale
+    scale = guidance_scale(prior, settings)
     losses = []
     for step in range(start_step, settings.steps):
         cameras = sample_cameras(settings.views, generator, elevation=settings.elevation,
@@ -113,8 +161,13 @@ def distill(prior: ImagePrior, field: torch.nn.Module, prompt: str, settings: Di
         images = _to_prior_size(out["rgb"] * 2 - 1, prior.image_size)
         guided, cond = prior.guided(prompts, scale)
         t = times(len(images), step / max(settings.steps - 1, 1), generator).to(prior.device)
-        loss = _sds_loss(prior, guided, images, t, generator, cond, settings)
-        total = loss + settings.sparsity_weight * out["opacity"].mean()
+        if particle is None:
+            loss = _sds_loss(prior, guided, images, t, generator, cond, settings)
+            total = loss
+        else:
+            loss, latents = _vsd_loss(prior, guided, particle, images, t, generator, cond, cameras, settings)
+            total = loss + particle.loss(latents, cond, cameras, generator)
+        total = total + settings.sparsity_weight * out["opacity"].mean()
         if settings.opaque_weight:
             total = total + settings.opaque_weight * _entropy(out["opacity"]).mean()
         if settings.tv_weight and hasattr(field, "total_variation"):
@@ -147,6 +200,28 @@ def _sds_loss(prior: ImagePrior, guided, images, t, generator, cond, settings: D
     x0, alpha, sigma = sds_estimate(guided, z, t, noise, cond)
     weight = x0_weight(settings.weighting, alpha, sigma)
     return sds_loss(images, safe_gradient(weight * (images.detach() - prior.decode(x0)), settings.grad_clip))
+
+
+def _vsd_loss(prior: ImagePrior, guided, particle: ParticleScore, images, t, generator, cond, cameras,
+              settings: DistillSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the VSD surrogate on the render, the render's latents for the particle's own training): the gradient
+    w(t)(ε̂ − ε̂_φ) through the encoder (``latent``), or, on the pixels (``image``), the render pulled towards
+    the decoded x̂₀ by x0_weight times (decoded x̂₀_φ − decoded x̂₀)."""
+    with torch.set_grad_enabled(settings.space == "latent"):
+        z = prior.encode(images)
+    noise = torch.randn(z.shape, generator=generator).to(z)
+    particle_cond = particle.condition(cond, cameras)
+    if settings.space == "latent":
+        gradient = vsd_gradient(guided, particle, z, t, noise, cond, particle_cond, settings.weighting,
+                                settings.grad_clip)
+        return sds_loss(z, gradient), z.detach()
+    if settings.space != "image":
+        raise ValueError(f"sds.space must be 'image' or 'latent', got {settings.space!r}")
+    x0, alpha, sigma = sds_estimate(guided, z, t, noise, cond)
+    x0_particle, _, _ = sds_estimate(particle, z, t, noise, particle_cond)
+    with torch.no_grad():
+        pull = x0_weight(settings.weighting, alpha, sigma) * (prior.decode(x0_particle) - prior.decode(x0))
+    return sds_loss(images, safe_gradient(pull, settings.grad_clip)), z
 
 
 def _to_prior_size(images: torch.Tensor, image_size: int) -> torch.Tensor:

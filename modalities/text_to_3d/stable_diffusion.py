@@ -55,6 +55,7 @@ class StableDiffusionPrior:
     drawn at ``render_size`` and resized to ``image_size`` before encoding (threestudio renders 64² for 512²)."""
 
     default_guidance_scale = 100.0     # DreamFusion's and threestudio's for Stable Diffusion
+    sampling_guidance_scale = 7.5      # its pipelines' default (what VSD would guide with)
 
     def __init__(self, folder: str | Path, device, dtype: torch.dtype | None = None, render_size: int = 64):
         from diffusers import DDPMScheduler, UNet2DConditionModel

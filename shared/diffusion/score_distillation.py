@@ -5,7 +5,8 @@
 the denoiser's Jacobian skipped. z is whatever the frozen diffusion model sees (a rendered image's latent),
 θ what renders it. ε̂ comes from any x̂₀ denoiser of the core (with its guidance) as ε̂ = (z_t − α_t x̂₀)/σ_t,
 so every parameterisation and sampler-side guidance works unchanged. The same pull, written towards x̂₀, can
-act on a decoded image instead of the latent (``x0_weight``).
+act on a decoded image instead of the latent (``x0_weight``). Variational score distillation (Wang et al. 2023,
+ProlificDreamer eq. 9) replaces the injected noise ε by a second model's ε̂_φ, the score of what θ renders.
 """
 from __future__ import annotations
 
@@ -70,6 +71,17 @@ def sds_gradient(denoiser, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
     x0, alpha, sigma = sds_estimate(denoiser, z, t, noise, cond)
     eps_hat = eps_from_x0(alpha * z.detach().float() + sigma * noise, x0, alpha, sigma)
     return safe_gradient(_weight(weighting, alpha, sigma) * (eps_hat - noise), clip)
+
+
+def vsd_gradient(denoiser, particle, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond=None,
+                 particle_cond=None, weighting: str = "sds", clip: float | None = None) -> torch.Tensor:
+    """w(t)(ε̂(z_t; y, t) − ε̂_φ(z_t; y, t)) per element, no graph: ``particle`` (an x̂₀ denoiser with a
+    ``schedule``, read at ``particle_cond``) in place of the noise that SDS subtracts."""
+    x0, alpha, sigma = sds_estimate(denoiser, z, t, noise, cond)
+    x0_particle, _, _ = sds_estimate(particle, z, t, noise, particle_cond)
+    z_t = alpha * z.detach().float() + sigma * noise
+    eps_hat, eps_particle = (eps_from_x0(z_t, x, alpha, sigma) for x in (x0, x0_particle))
+    return safe_gradient(_weight(weighting, alpha, sigma) * (eps_hat - eps_particle), clip)
 
 
 def safe_gradient(gradient: torch.Tensor, clip: float | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ from shared.diffusion.denoiser import Denoiser
 from shared.diffusion.guidance import ClassifierFreeGuidance
 from shared.diffusion.parameterization import VPrediction
 from shared.diffusion.schedules import CosineSchedule, LinearSchedule
-from shared.diffusion.score_distillation import TimeAnnealing, safe_gradient, sds_gradient, sds_loss
+from shared.diffusion.score_distillation import TimeAnnealing, safe_gradient, sds_gradient, sds_loss, vsd_gradient
 
 
 class FixedEstimate(torch.nn.Module):
@@ -54,6 +54,23 @@ def test_a_perfect_denoiser_gives_no_gradient_and_guidance_is_linear():
     guided = ClassifierFreeGuidance(denoiser, 7.5, uncond)
     g_c, g_u = (sds_gradient(denoiser, z, t, noise, c) for c in (cond, uncond))
     assert torch.allclose(sds_gradient(guided, z, t, noise, cond), g_u + 7.5 * (g_c - g_u), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weighting", ["sds", "fantasia3d"])
+def test_vsd_is_sds_with_the_particle_score_in_place_of_the_noise(weighting):
+    """ProlificDreamer eq. 9: a particle whose x̂₀ is the clean z itself has ε̂_φ = ε (SDS exactly); a particle
+    equal to the prior gives no gradient; a particle at x* pushes z away from it by w(t)·α/σ."""
+    schedule = CosineSchedule()
+    z, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([0.2, 0.8], dtype=torch.float64)
+    prior, elsewhere = FixedEstimate(torch.randn(1, 3, 4, 4), schedule), torch.randn(1, 3, 4, 4)
+    sds = sds_gradient(prior, z, t, noise, weighting=weighting)
+    assert torch.allclose(vsd_gradient(prior, FixedEstimate(z, schedule), z, t, noise, weighting=weighting), sds,
+                          rtol=1e-4, atol=1e-4)
+    assert torch.allclose(vsd_gradient(prior, prior, z, t, noise, weighting=weighting), torch.zeros_like(z), atol=1e-5)
+    away = vsd_gradient(prior, FixedEstimate(elsewhere, schedule), z, t, noise, weighting=weighting)
+    alpha, sigma = (v.float().view(2, 1, 1, 1) for v in schedule.alpha_sigma(t))
+    w = {"sds": sigma ** 2, "fantasia3d": alpha * sigma}[weighting]
+    assert torch.allclose(away - sds, w * alpha / sigma * (elsewhere - z), rtol=1e-3, atol=1e-4)
 
 
 def test_a_real_denoiser_and_nan_safety():

@@ -11,7 +11,7 @@ import trimesh
 from omegaconf import OmegaConf
 
 from modalities.text_to_3d import command
-from modalities.text_to_3d.distill import DistillSettings, distill as real_distill
+from modalities.text_to_3d.distill import DistillSettings, distill as real_distill, load_prior
 from modalities.text_to_3d.export import load_field
 from modalities.text_to_3d.fields import VoxelField
 from modalities.text_to_3d.mesh_judge import evaluate_samples
@@ -123,6 +123,8 @@ def test_sdf_field_end_to_end(prior_run, tmp_path, mldm_here):
     (["RUN", "prompt=a red box", "density_activation=relu"], "density_activation: expected one of softplus|exp"),
     (["RUN", "prompt=a red box", "field_smoothing=-1"], "field_smoothing=-1.0: must be >= 0"),
     (["RUN", "prompt=a red box", "field_bound=0"], "field_bound=0.0: must be > 0"),
+    (["RUN", "prompt=a red box", "sds.distillation=nerf"], "sds.distillation='nerf': expected one of sds|vsd"),
+    (["pretrained=/nowhere", "prompt=a red box", "sds.distillation=vsd"], "sds.distillation=vsd needs an mldm prior"),
 ])
 def test_errors_are_one_clear_line(prior_run, tmp_path, mldm_here, args, message):
     args = [f"run_dir={prior_run}" if a == "RUN" else a for a in args]
@@ -153,9 +155,13 @@ def _patched_distill(monkeypatch, kill_at=None):
     return starts
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(prior_run, tmp_path, mldm_here, monkeypatch):
+@pytest.mark.parametrize("distillation", ["sds", "vsd"])
+def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(prior_run, tmp_path, mldm_here, monkeypatch,
+                                                              distillation):
+    """VSD's checkpoint carries its copy of the prior and that copy's Adam state: the field comes out the same."""
     args = [f"run_dir={prior_run}", "prompt=a blue cone", "steps=4", "checkpoint_every=2", "field_resolution=16",
-            "mesh_resolution=32", "turntable_frames=1", "sds.ambient_only_steps=1", "sds.views=2"]
+            "mesh_resolution=32", "turntable_frames=1", "sds.ambient_only_steps=1", "sds.views=2",
+            f"sds.distillation={distillation}"]
     assert mldm_here("sds", *args, f"out_dir={tmp_path / 'one_go'}").returncode == 0
     _patched_distill(monkeypatch, kill_at=2)                   # dies after step 2; the checkpoint holds steps 0-1
     killed = mldm_here("sds", *args, f"out_dir={tmp_path / 'resumed'}")
@@ -168,6 +174,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(prior_run, tmp_pat
     again, _ = load_field(tmp_path / "resumed" / "000000_field.safetensors")
     assert one_go.keys() == again.keys() and all(torch.equal(one_go[k], again[k]) for k in one_go)
     assert not (tmp_path / ".resumed.sds_state").exists()
+
+
+def test_the_prior_knows_the_scale_its_run_samples_with(prior_run):
+    assert load_prior(prior_run, "cpu").sampling_guidance_scale == 3.0     # text3d_prior_tiny's guidance.scale
 
 
 def test_the_yaml_sds_node_mirrors_distill_settings():
