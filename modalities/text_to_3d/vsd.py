@@ -7,8 +7,8 @@ fine-tuned on the renders by denoising score matching (their eq. 10) as the fiel
 ε̂_φ = ε, a single Dirac particle: in x̂₀ terms VSD pulls the render towards x̂₀_pretrain and away from
 x̂₀_φ, where SDS pushes it away from itself.
 
-ProlificDreamer fine-tunes a LoRA of Stable Diffusion; the prior here is small enough to copy whole, so the
-copy (the paper's "small copy") is trained directly. The camera enters through the condition, so the copy is
+ProlificDreamer fine-tunes a LoRA of Stable Diffusion; the prior here is small enough to copy whole, and the
+whole copy is trained. The camera enters through the condition, so the copy is
 the prior's own network unchanged: its camera-to-world pose [R | eye] (12 numbers, ProlificDreamer feeds
 the 4×4 matrix) goes through an MLP whose output is added to the pooled text embedding (the DiT's adaLN input)
 and appended as one more token (a U-Net's cross-attention). The MLP's last layer starts at zero, so the copy
