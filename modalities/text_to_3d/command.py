@@ -25,8 +25,7 @@ from shared.cli.commands import writing_to
 from shared.errors import ConfigError
 from shared.training.run import resolve_device
 
-from .distill import (DISTILLATIONS, DistillSettings, distill, load_prior, make_optimizer, make_particle,
-                      trained_modules)
+from .distill import DistillSettings, distill, load_prior, make_optimizer, make_particle, trained_modules
 from .fields import MLPField, SDFVoxelField, VoxelField
 from .mesh_judge import MARKER_FILE
 from .sds_checkpoint import canonical, load_checkpoint, save_checkpoint
@@ -106,8 +105,6 @@ def distill_settings(node, steps: int | None = None) -> DistillSettings:
     for name in ("steps", "size"):
         if chosen.get(name) is not None and chosen[name] < 1:
             raise ConfigError(f"sds.{name}={chosen[name]}: must be >= 1")
-    if chosen.get("distillation", "sds") not in DISTILLATIONS:
-        raise ConfigError(f"sds.distillation={chosen['distillation']!r}: expected one of {'|'.join(DISTILLATIONS)}")
     return DistillSettings(**chosen)
 
 

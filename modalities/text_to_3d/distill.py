@@ -63,6 +63,10 @@ class DistillSettings:
     light_max_angle: float = 30.0
     background: tuple = dataclass_field(default_factory=lambda: (0.0, 0.0, 0.0))
 
+    def __post_init__(self):
+        if self.distillation not in DISTILLATIONS:
+            raise ConfigError(f"sds.distillation={self.distillation!r}: expected one of {'|'.join(DISTILLATIONS)}")
+
 
 class ImagePrior:
     """The frozen image LDM as score distillation uses it: renders in, guided x̂₀ out. Built from an mldm
@@ -108,8 +112,6 @@ def guidance_scale(prior, settings: DistillSettings) -> float:
 def make_particle(prior, settings: DistillSettings) -> ParticleScore | None:
     """VSD's trainable copy of the prior (None for SDS). Needs an mldm prior: a Stable Diffusion UNet is too
     large to copy on a CPU, and its LoRA (ProlificDreamer's) is not built here."""
-    if settings.distillation not in DISTILLATIONS:
-        raise ConfigError(f"sds.distillation must be one of {DISTILLATIONS}, got {settings.distillation!r}")
     if settings.distillation == "sds":
         return None
     if not isinstance(prior, ImagePrior) or prior.conditioner is None:
